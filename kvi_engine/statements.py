@@ -30,6 +30,8 @@ DEFAULT_TEMPLATES: dict[str, str] = {
     "discovered_by": "{subject} was discovered by {object}.",
     "produces": "{subject} produces {object}.",
     "leads": "{subject} leads {object}.",
+    "approved_by": "{subject} was approved by {object}.",
+    "uses": "{subject} uses {object}.",
 }
 
 

@@ -1,0 +1,87 @@
+"""Document loading: .txt / .md files (one document each, id = file stem) and .jsonl (one ``{id, text, title?}``
+object per line), or a directory of them (sorted, recursive). Errors name the file and line."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kvi_engine.ingest.sentences import Sentence, document_sentences
+
+DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl")
+_JSONL_KEYS = {"id", "text", "title"}
+
+
+class DocumentFormatError(ValueError):
+    """Malformed document input; the message names the file (and line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    id: str
+    text: str
+    title: str = ""
+    markdown: bool = False
+
+    def sentences(self) -> list[Sentence]:
+        return document_sentences(self.id, self.text, self.markdown)
+
+
+def _jsonl_documents(path: Path) -> list[Document]:
+    docs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DocumentFormatError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise DocumentFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            unknown = set(obj) - _JSONL_KEYS
+            if unknown:
+                raise DocumentFormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_JSONL_KEYS)}")
+            for key in ("id", "text"):
+                if not isinstance(obj.get(key), str) or not obj[key].strip():
+                    raise DocumentFormatError(f"{where}: {key!r} must be a non-empty string")
+            if ":" in obj["id"]:
+                raise DocumentFormatError(f"{where}: document id {obj['id']!r} must not contain ':'")
+            docs.append(Document(obj["id"], obj["text"], obj.get("title", "")))
+    return docs
+
+
+def _file_documents(path: Path) -> list[Document]:
+    if path.suffix == ".jsonl":
+        return _jsonl_documents(path)
+    if path.suffix in (".txt", ".md"):
+        text = path.read_text(encoding="utf-8")
+        if not text.strip():
+            raise DocumentFormatError(f"{path}: empty document")
+        doc_id = path.stem.replace(":", "_")
+        return [Document(doc_id, text, doc_id, markdown=path.suffix == ".md")]
+    raise DocumentFormatError(f"{path}: unsupported document type {path.suffix!r}; expected one of {DOCUMENT_SUFFIXES}")
+
+
+def load_documents(*paths: str | os.PathLike) -> list[Document]:
+    """Documents from files and/or directories, in a stable order; duplicate ids are an error."""
+    docs: list[Document] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in DOCUMENT_SUFFIXES)
+            if not files:
+                raise DocumentFormatError(f"{p}: directory holds no {'/'.join(DOCUMENT_SUFFIXES)} documents")
+        elif p.is_file():
+            files = [p]
+        else:
+            raise FileNotFoundError(f"{p}: no such file or directory")
+        for f in files:
+            docs.extend(_file_documents(f))
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise DocumentFormatError(f"document id {d.id!r} occurs twice in {', '.join(map(str, paths))}")
+        seen.add(d.id)
+    return docs
