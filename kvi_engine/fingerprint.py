@@ -1,0 +1,69 @@
+"""Model fingerprint stored in a bank: injecting KV compiled by another model (or tokenizer) is nonsense.
+
+Config and tokenizer are hashed. Weights are *probed*: a few dozen values of fixed tensors are stored and
+compared with a tolerance, so the same checkpoint loaded in fp32, fp16 or bf16 still matches while two different
+checkpoints of one architecture (or two random inits) do not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+_VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation",
+             "_attn_implementation_internal", "_attn_implementation_autoset", "use_cache", "output_attentions",
+             "output_hidden_states", "return_dict", "_commit_hash", "pad_token_id"}
+PROBE_VALUES = 16
+
+
+class FingerprintMismatch(ValueError):
+    pass
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def config_hash(config) -> str:
+    return _digest({k: v for k, v in config.to_dict().items() if k not in _VOLATILE})
+
+
+def tokenizer_hash(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    probe = tokenizer("kvi fingerprint probe: SFTSV 2026 ünïcode 中文").input_ids
+    return _digest({"vocab": vocab, "probe": probe, "bos": tokenizer.bos_token, "eos": tokenizer.eos_token})
+
+
+def weight_probe(model) -> list[float]:
+    named = dict(model.named_parameters())
+    names = sorted(n for n in named if n.endswith(".weight") and ("k_proj" in n or "embed_tokens" in n))
+    picks = [names[0], names[len(names) // 2], names[-1]] if names else []
+    out: list[float] = []
+    for n in picks:
+        flat = named[n].detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, PROBE_VALUES).long()
+        out.extend(float(x) for x in flat[idx.to(flat.device)].float().cpu())
+    return out
+
+
+def fingerprint(model, tokenizer=None) -> dict:
+    return {"config": config_hash(model.config), "tokenizer": tokenizer_hash(tokenizer) if tokenizer else None,
+            "weights": weight_probe(model), "model_type": model.config.model_type,
+            "name_or_path": getattr(model.config, "_name_or_path", "")}
+
+
+def check(stored: dict, model, tokenizer=None, *, where: str = "bank") -> None:
+    """Raise :class:`FingerprintMismatch` naming what differs between ``stored`` and ``model``/``tokenizer``."""
+    cur = fingerprint(model, tokenizer)
+    if stored.get("config") != cur["config"]:
+        raise FingerprintMismatch(f"{where} was compiled by a different model configuration "
+                                  f"({stored.get('model_type')} {stored.get('name_or_path')!r}, config "
+                                  f"{stored.get('config')}) than the one given ({cur['model_type']} "
+                                  f"{cur['name_or_path']!r}, config {cur['config']})")
+    if tokenizer is not None and stored.get("tokenizer") not in (None, cur["tokenizer"]):
+        raise FingerprintMismatch(f"{where} was compiled with a different tokenizer")
+    a, b = torch.tensor(stored.get("weights", [])), torch.tensor(cur["weights"])
+    if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=1e-3):
+        raise FingerprintMismatch(f"{where} was compiled by different weights of the same architecture "
+                                  f"({stored.get('name_or_path')!r}); recompile the bank for this model")

@@ -1,0 +1,165 @@
+"""InjectionPlan: host-side work done once per batch (FlashInfer's plan/run split).
+
+Given per-row capsule lists it builds the slot table every layer's attention reads: which bank tokens each row
+injects, at which positions, and where each row's prompt starts. Layouts:
+
+- ``stacked`` (default): shared prefix at ``0..p-1``, then the row's capsules back to back in ranked order; the
+  prompt starts at ``p + sum(lengths)``.
+- ``parallel``: every capsule starts at ``p`` (capsules overlap in position, like parallel context windows);
+  the prompt starts at ``p + max(lengths)``.
+
+Ragged rows are padded to the longest row; padding slots are invalid (masked), never attended. Layer masks make a
+capsule invisible at layers where it is not injected.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from kvi_engine import rope
+from kvi_engine.bank import KVBank
+
+LAYOUTS = ("stacked", "parallel")
+
+
+@dataclass(slots=True)
+class InjectionPlan:
+    bank: KVBank
+    capsule_ids: list[list[int]]
+    layout: str
+    # CSR description, for kernels: row r injects capsule_indices[capsule_indptr[r]:capsule_indptr[r+1]],
+    # capsule j starting at position capsule_pos[j].
+    capsule_indptr: torch.Tensor   # [batch + 1] int64
+    capsule_indices: torch.Tensor  # [nnz] int64
+    capsule_pos: torch.Tensor      # [nnz] int64
+    # Dense slot table (prefix excluded), padded to the longest row.
+    token_index: torch.Tensor      # [batch, slots] int64 index into the bank's token axis (0 where invalid)
+    positions: torch.Tensor        # [batch, slots] int64 position each slot is rotated to
+    valid: torch.Tensor            # [batch, slots] bool
+    layer_valid: torch.Tensor | None  # [num_layers, batch, slots] bool, None when every layer sees every capsule
+    prompt_offset: torch.Tensor    # [batch] int64 position of each row's first prompt token
+    prefix_len: int
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.capsule_ids)
+
+    @property
+    def num_slots(self) -> int:
+        return self.prefix_len + self.token_index.shape[1]
+
+    def slot_valid(self, layer: int) -> torch.Tensor:
+        """``[batch, prefix + slots]`` bool: which injected tokens are visible at ``layer``."""
+        valid = self.valid if self.layer_valid is None else self.valid & self.layer_valid[layer]
+        pre = torch.ones(self.batch_size, self.prefix_len, dtype=torch.bool)
+        return torch.cat([pre, valid], dim=1)
+
+    def layer_kv(self, layer: int, model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Injected keys (rotated to their slots) and values ``[batch, kv_heads, prefix + slots, head_dim]`` and the
+        visibility mask ``[batch, prefix + slots]`` at ``layer``: gathered from the bank once and kept for the
+        plan's life, so decode steps reuse them (the unfused reference path)."""
+        key = (layer, dtype, str(device))
+        hit = self._cache.get(key)
+        if hit is not None:
+            return hit
+        B, S = self.token_index.shape
+        k_all, v_all = self.bank.layer_kv(layer)
+        flat = self.token_index.reshape(-1)
+        k = k_all[flat].reshape(B, S, *k_all.shape[1:])
+        v = v_all[flat].reshape(B, S, *v_all.shape[1:])
+        if self.prefix_len:
+            pk, pv = self.bank.prefix_kv(layer)
+            k = torch.cat([pk.unsqueeze(0).expand(B, -1, -1, -1), k], dim=1)
+            v = torch.cat([pv.unsqueeze(0).expand(B, -1, -1, -1), v], dim=1)
+        k = k.to(device=device, dtype=dtype).transpose(1, 2)
+        v = v.to(device=device, dtype=dtype).transpose(1, 2).contiguous()
+        cos, sin = self._cos_sin(model, dtype, device)
+        k = rope.apply_rope(k, cos, sin).contiguous()
+        out = (k, v, self.slot_valid(layer).to(device))
+        self._cache[key] = out
+        return out
+
+    def _cos_sin(self, model, dtype, device):
+        key = ("cos_sin", dtype, str(device))
+        if key not in self._cache:
+            pre = torch.arange(self.prefix_len).expand(self.batch_size, -1)
+            pos = torch.cat([pre, self.positions], dim=1).to(device)
+            self._cache[key] = rope.cos_sin(model, pos, dtype)
+        return self._cache[key]
+
+
+def _layer_sets(num_layers: int, spec) -> list[bool]:
+    if spec is None:
+        return [True] * num_layers
+    if isinstance(spec, tuple) and len(spec) == 2 and all(isinstance(x, int) for x in spec):
+        spec = range(*spec)
+    chosen = [False] * num_layers
+    for layer in spec:
+        if not 0 <= int(layer) < num_layers:
+            raise ValueError(f"layer {layer} out of range: the model has {num_layers} layers")
+        chosen[int(layer)] = True
+    return chosen
+
+
+def build_plan(bank: KVBank, capsule_ids: Sequence[Sequence[int]], *, layout: str = "stacked",
+               layers: Iterable[int] | tuple[int, int] | None = None,
+               capsule_layers: Mapping[int, Iterable[int] | tuple[int, int]] | None = None) -> InjectionPlan:
+    """Plan the injection of ``capsule_ids[r]`` into batch row ``r``.
+
+    ``layers``: layers at which capsules are visible (a ``(start, stop)`` range or an iterable; default all).
+    ``capsule_layers``: per-capsule override ``{capsule_id: layers}``. The shared prefix is visible everywhere.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    if isinstance(capsule_ids, (str, bytes)) or not isinstance(capsule_ids, Sequence) or len(capsule_ids) == 0:
+        raise ValueError("capsule_ids must be a non-empty list with one list of capsule ids per batch row")
+    rows: list[list[int]] = []
+    for r, row in enumerate(capsule_ids):
+        if isinstance(row, (int, str)) or not isinstance(row, Iterable):
+            raise TypeError(f"capsule_ids[{r}] must be a list of capsule ids (one list per batch row), got {row!r}")
+        row = list(row)
+        for c in row:
+            try:
+                bank._check_id(c)
+            except (IndexError, TypeError) as e:
+                raise type(e)(f"capsule_ids[{r}]: {e}") from None
+        if len(set(row)) != len(row):
+            raise ValueError(f"capsule_ids[{r}] injects a capsule twice: {row}")
+        rows.append([int(c) for c in row])
+
+    L, p = bank.num_layers, bank.prefix_len
+    ranges = bank.ranges
+    default_layers = _layer_sets(L, layers)
+    per_capsule = {int(c): _layer_sets(L, spec) for c, spec in (capsule_layers or {}).items()}
+    lengths = [[int(ranges[c, 1]) for c in row] for row in rows]
+    width = max([sum(ls) for ls in lengths] + [0])
+    B = len(rows)
+    token_index = torch.zeros(B, width, dtype=torch.long)
+    positions = torch.zeros(B, width, dtype=torch.long)
+    valid = torch.zeros(B, width, dtype=torch.bool)
+    masked = any(not all(s) for s in [default_layers, *per_capsule.values()])
+    layer_valid = torch.ones(L, B, width, dtype=torch.bool) if masked else None
+    indptr, indices, cpos, offsets = [0], [], [], []
+    for r, (row, lens) in enumerate(zip(rows, lengths)):
+        slot, pos = 0, p
+        for c, n in zip(row, lens):
+            start = int(ranges[c, 0])
+            token_index[r, slot:slot + n] = torch.arange(start, start + n)
+            positions[r, slot:slot + n] = torch.arange(pos, pos + n)
+            valid[r, slot:slot + n] = True
+            if layer_valid is not None:
+                vis = per_capsule.get(c, default_layers)
+                layer_valid[:, r, slot:slot + n] = torch.tensor(vis).unsqueeze(1)
+            indices.append(c)
+            cpos.append(pos)
+            slot += n
+            if layout == "stacked":
+                pos += n
+        indptr.append(len(indices))
+        offsets.append(pos if layout == "stacked" else p + max(lens, default=0))
+    return InjectionPlan(bank, rows, layout, torch.tensor(indptr), torch.tensor(indices, dtype=torch.long),
+                         torch.tensor(cpos, dtype=torch.long), token_index, positions, valid, layer_valid,
+                         torch.tensor(offsets, dtype=torch.long), p)
