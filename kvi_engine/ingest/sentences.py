@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_LATIN_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9\u00C0-\u024F])")
-_CJK_END = re.compile(r"(?<=[。！？!?])(?![。！？!?」』”])")
+_LATIN_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+(?=[\"'(\[]?[A-Z0-9\u00C0-\u024F\u3040-\u30FF\u3400-\u9FFF\uAC00-\uD7AF])")
+_CJK_END = re.compile(r"(?<=[。！？])(?![。！？」』”’）])|(?<=[!?])(?=[\u3400-\u9FFF])")
 _MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+")
 _MD_LIST = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _MD_EMPHASIS = re.compile(r"(\*\*|__|\*|`)")

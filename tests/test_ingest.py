@@ -1,0 +1,123 @@
+"""Ingestion: sentence ids, document formats, the checksummed sentence store, entity normalisation, rule extraction."""
+import json
+
+import pytest
+
+from kvi_engine.capsules import Entity, load_capsules, load_entities
+from kvi_engine.ingest import (AliasTable, DocumentFormatError, RuleExtractor, Sentence, SentenceStore,
+                               SentenceStoreError, document_sentences, load_documents, merge_entities, normalize,
+                               sample_dir, sentence_store_from_documents, split_sentences)
+
+
+def test_split_sentences_english_and_cjk():
+    assert split_sentences('Velotrex costs 3.5 units. It was approved in 2019! "Really?" Yes.') == [
+        "Velotrex costs 3.5 units.", "It was approved in 2019!", '"Really?"', "Yes."]
+    assert split_sentences("格伦病毒引起格伦热。格伦热由维洛特克斯治疗！真的吗？是的") == [
+        "格伦病毒引起格伦热。", "格伦热由维洛特克斯治疗！", "真的吗？", "是的"]
+
+
+def test_documents_from_txt_md_jsonl_have_stable_ids(tmp_path):
+    (tmp_path / "a.md").write_text("# Title\n\nThe **Grellan virus** causes fever.\n- It spreads by ticks.\n")
+    (tmp_path / "b.txt").write_text("One fact. Another fact.\n\nA third.")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "d1", "text": "X leads Y. Z."}) + "\n")
+    docs = load_documents(tmp_path)
+    store = sentence_store_from_documents(docs)
+    assert [(s.id, s.text) for s in store] == [
+        ("a:s1", "The Grellan virus causes fever."), ("a:s2", "It spreads by ticks."),
+        ("b:s1", "One fact."), ("b:s2", "Another fact."), ("b:s3", "A third."),
+        ("d1:s1", "X leads Y."), ("d1:s2", "Z.")]
+    again = sentence_store_from_documents(load_documents(tmp_path))
+    assert [s.id for s in again] == [s.id for s in store]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"id": "d1", "txt": "x"}', "unknown field"),
+    ('{"id": "d1", "text": "   "}', "'text' must be a non-empty string"),
+    ('{"id": "d:1", "text": "x"}', "must not contain ':'"),
+    ('{"id": "d1", "text": "x"', "invalid JSON"),
+])
+def test_bad_jsonl_documents_name_file_and_line(tmp_path, line, message):
+    p = tmp_path / "docs.jsonl"
+    p.write_text('{"id": "ok", "text": "fine."}\n' + line + "\n")
+    with pytest.raises(DocumentFormatError, match=rf"docs.jsonl:2: .*{message}"):
+        load_documents(p)
+
+
+def test_duplicate_ids_and_bad_paths(tmp_path):
+    (tmp_path / "x.txt").write_text("A.")
+    (tmp_path / "d.jsonl").write_text('{"id": "x", "text": "B."}\n')
+    with pytest.raises(DocumentFormatError, match="'x' occurs twice"):
+        load_documents(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_documents(tmp_path / "missing")
+    (tmp_path / "y.pdf").write_text("")
+    with pytest.raises(DocumentFormatError, match="unsupported document type"):
+        load_documents(tmp_path / "y.pdf")
+
+
+def test_sentence_store_round_trip_and_corruption(tmp_path):
+    store = SentenceStore(document_sentences("doc1", "Alpha leads Beta. 格伦病毒引起格伦热。"))
+    path = tmp_path / "sentences.jsonl"
+    store.save(path)
+    loaded = SentenceStore.load(path)
+    assert [(s.id, s.text) for s in loaded] == [(s.id, s.text) for s in store]
+    assert loaded.get("doc1:s2").text == "格伦病毒引起格伦热。"
+    with pytest.raises(KeyError, match="doc1:s9"):
+        loaded.get("doc1:s9")
+
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(SentenceStoreError, match="corrupt"):
+        SentenceStore.load(path)
+    path.write_bytes(b"garbage\n")
+    with pytest.raises(SentenceStoreError, match="not a sentence store"):
+        SentenceStore.load(path)
+    with pytest.raises(SentenceStoreError, match="duplicate sentence id"):
+        SentenceStore([Sentence("d:s1", "d", "a"), Sentence("d:s1", "d", "b")])
+
+
+def test_normalize_and_alias_table():
+    assert normalize("  The Grellan   virus,") == "grellan virus" == normalize("grellan virus")
+    assert normalize("「格伦病毒」。") == "格伦病毒"
+    table = AliasTable([Entity("Grellan virus", aliases=("GLV",)), Entity("copper tick"),
+                        Entity("Alpha", aliases=("AX",)), Entity("Beta", aliases=("ax",))])
+    assert table.resolve("the GLV") == "Grellan virus"
+    assert table.resolve("Copper ticks") == "copper tick"
+    assert table.resolve("AX") is None and table.is_ambiguous("AX")
+    assert table.resolve("Gamma") is None
+
+
+def test_merge_entities_folds_aliases_and_bridges_groups():
+    merged, rename = merge_entities([
+        Entity("Grellan virus", "virus", ("GLV",)), Entity("Velotrex", "drug"),
+        Entity("the grellan virus", "", ("Grellan",), "tick-borne"), Entity("GLV-1", "", ("grellan",))])
+    assert [e.name for e in merged] == ["Grellan virus", "Velotrex"]
+    assert merged[0].aliases == ("GLV", "Grellan", "GLV-1")
+    assert merged[0].type == "virus" and merged[0].description == "tick-borne"
+    assert rename == {"Grellan virus": "Grellan virus", "the grellan virus": "Grellan virus",
+                      "GLV-1": "Grellan virus", "Velotrex": "Velotrex"}
+    merged, rename = merge_entities([Entity("A", aliases=("x",)), Entity("B", aliases=("y",)),
+                                     Entity("C", aliases=("x", "y"))])
+    assert [e.name for e in merged] == ["A"] and set(rename.values()) == {"A"}
+
+
+def test_rule_extractor_reproduces_the_sample_capsules():
+    d = sample_dir()
+    store = sentence_store_from_documents(load_documents(d / "docs.jsonl"))
+    got = RuleExtractor(load_entities(d / "entities.jsonl")).extract(store)
+    want = load_capsules(d / "capsules.jsonl")
+    assert [(c.triple, c.sentence_id, c.sentence) for c in got] == [(c.triple, c.sentence_id, c.sentence) for c in want]
+
+
+def test_rule_extractor_active_voice_literals_and_open_mode():
+    ents = [Entity("Tobias Renk"), Entity("Aldermere Institute"), Entity("Lurov")]
+    s = [Sentence("d:s1", "d", "In 1987 Tobias Renk founded the Aldermere Institute in Lurov."),
+         Sentence("d:s2", "d", "The Aldermere Institute was founded in 1987."),
+         Sentence("d:s3", "d", "The Aldermere Institute is headquartered in a valley near Lurov.")]
+    got = RuleExtractor(ents).extract(s)
+    assert [(c.triple, c.sentence_id) for c in got] == [
+        (("Aldermere Institute", "founded_by", "Tobias Renk"), "d:s1"),
+        (("Aldermere Institute", "founded_in", "1987"), "d:s2")]
+    open_ = RuleExtractor(ents, require_known_entities=False).extract(s[2:])
+    assert [c.triple for c in open_] == [("Aldermere Institute", "headquartered_in", "valley near Lurov")]
