@@ -1,15 +1,289 @@
-// The one pybind11 bindings file of kvi_engine._core. Algorithms live in csrc/kvi/*.h
-// (no pybind11 there); this file only converts arguments, releases the GIL and maps errors:
-// std::invalid_argument -> ValueError (pybind11's default), std::out_of_range -> IndexError.
+// The one pybind11 bindings file of kvi_engine._core. Algorithms live in csrc/kvi/*.h (no pybind11 there);
+// this file only checks and converts arguments, releases the GIL and maps errors: std::invalid_argument ->
+// ValueError (pybind11's default), std::out_of_range -> IndexError, a wrong dtype -> TypeError.
+// Arrays come in as numpy without copies (py::arg().noconvert(): a wrong dtype is an error, not a silent copy)
+// and results go out as numpy arrays that own their buffers through a py::capsule.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvi/graph.h"
+#include "kvi/linker.h"
+#include "kvi/normalize.h"
+#include "kvi/parallel.h"
+#include "kvi/traverse.h"
+
 namespace py = pybind11;
+
+namespace {
+
+template <class T>
+const T* array_data(const py::array& a, const char* name, int64_t expected_len = -1) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                             ", got " + std::string(py::str(a.dtype())));
+    if (a.ndim() != 1) throw std::invalid_argument(std::string(name) + ": expected a 1-D array, got " + std::to_string(a.ndim()) + "-D");
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": array must be C-contiguous");
+    if (expected_len >= 0 && a.shape(0) != expected_len)
+        throw std::invalid_argument(std::string(name) + ": expected length " + std::to_string(expected_len) + ", got " +
+                                    std::to_string(a.shape(0)));
+    return static_cast<const T*>(a.data());
+}
+
+template <class T>
+py::array_t<T> to_numpy(std::vector<T>&& v) {
+    auto* owned = new std::vector<T>(std::move(v));
+    py::capsule free_when_done(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    return py::array_t<T>({static_cast<py::ssize_t>(owned->size())}, {sizeof(T)}, owned->data(), free_when_done);
+}
+
+template <class T>
+std::vector<T> concat(const std::vector<std::vector<T>*>& parts) {
+    size_t n = 0;
+    for (auto* p : parts) n += p->size();
+    std::vector<T> out;
+    out.reserve(n);
+    for (auto* p : parts) out.insert(out.end(), p->begin(), p->end());
+    return out;
+}
+
+// ----------------------------------------------------------------------------------------------- graph
+
+class PyGraph {
+  public:
+    PyGraph(py::array subj, py::array rel, py::array obj, py::array out_indptr, py::array out_triples,
+            py::array in_indptr, py::array in_triples, int64_t num_entities, int64_t num_relations)
+        : arrays_{subj, rel, obj, out_indptr, out_triples, in_indptr, in_triples} {
+        if (num_entities < 0 || num_relations < 0) throw std::invalid_argument("graph: counts must be >= 0");
+        const int64_t t = subj.ndim() == 1 ? subj.shape(0) : -1;
+        g_.num_entities = num_entities;
+        g_.num_relations = num_relations;
+        g_.num_triples = t;
+        g_.subj = array_data<int32_t>(subj, "subj", t);
+        g_.rel = array_data<int32_t>(rel, "rel", t);
+        g_.obj = array_data<int32_t>(obj, "obj", t);
+        g_.out_indptr = array_data<int64_t>(out_indptr, "out_indptr", num_entities + 1);
+        g_.out_triples = array_data<int32_t>(out_triples, "out_triples", t);
+        g_.in_indptr = array_data<int64_t>(in_indptr, "in_indptr", num_entities + 1);
+        g_.in_triples = array_data<int32_t>(in_triples, "in_triples", t);
+        py::gil_scoped_release nogil;
+        kvi::validate(g_);
+    }
+
+    py::tuple traverse_batch(py::array seeds, py::array seeds_indptr, int64_t max_hops, std::optional<py::array> allowed,
+                             int direction, int64_t fanout, int64_t max_candidates, int64_t num_threads) {
+        if (max_hops < 0) throw std::invalid_argument("max_hops must be >= 0");
+        if (direction != kvi::kOut && direction != kvi::kIn && direction != kvi::kBoth)
+            throw std::invalid_argument("direction must be 1 (out), 2 (in) or 3 (both)");
+        if (seeds_indptr.ndim() != 1 || seeds_indptr.shape(0) < 1)
+            throw std::invalid_argument("seeds_indptr: expected a 1-D array of length num_queries + 1");
+        const int64_t num_queries = seeds_indptr.shape(0) - 1;
+        const int64_t* qptr = array_data<int64_t>(seeds_indptr, "seeds_indptr");
+        const int64_t* s = array_data<int64_t>(seeds, "seeds");
+        const int64_t num_seeds = seeds.shape(0);
+        if (qptr[0] != 0 || qptr[num_queries] != num_seeds) throw std::invalid_argument("seeds_indptr must run from 0 to len(seeds)");
+        for (int64_t q = 0; q < num_queries; ++q)
+            if (qptr[q + 1] < qptr[q]) throw std::invalid_argument("seeds_indptr is not monotone at query " + std::to_string(q));
+        for (int64_t i = 0; i < num_seeds; ++i)
+            if (s[i] < 0 || s[i] >= g_.num_entities)
+                throw py::index_error("seed entity id " + std::to_string(s[i]) + " is outside [0, " + std::to_string(g_.num_entities) + ")");
+        kvi::TraverseParams p;
+        p.max_hops = max_hops;
+        p.direction = direction;
+        p.fanout = fanout;
+        p.max_candidates = max_candidates;
+        if (allowed) {
+            const py::array& a = *allowed;
+            if (!a.dtype().is(py::dtype::of<uint8_t>())) throw py::type_error("allowed: expected dtype uint8");
+            if (a.ndim() != 2 || a.shape(1) != g_.num_relations || !(a.shape(0) == 1 || a.shape(0) == max_hops))
+                throw std::invalid_argument("allowed: expected shape [1 or max_hops, num_relations]");
+            if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("allowed: array must be C-contiguous");
+            p.allowed = static_cast<const uint8_t*>(a.data());
+            p.allowed_rows = a.shape(0);
+        }
+        std::vector<kvi::TraversalOut> results(num_queries);
+        {
+            py::gil_scoped_release nogil;
+            const int workers = kvi::resolve_threads(num_threads, num_queries / 16 + 1);
+            std::vector<std::unique_ptr<kvi::TraverseWorkspace>> ws = acquire(workers);
+            kvi::parallel_for(num_queries, workers, [&](int w, int64_t q) {
+                ws[w]->traverse(g_, p, s + qptr[q], qptr[q + 1] - qptr[q], results[q]);
+            });
+            release(std::move(ws));
+        }
+        std::vector<int64_t> indptr{0};
+        std::vector<std::vector<int64_t>*> t, par;
+        std::vector<std::vector<int32_t>*> h;
+        for (auto& r : results) {
+            indptr.push_back(indptr.back() + static_cast<int64_t>(r.triples.size()));
+            t.push_back(&r.triples), h.push_back(&r.hops), par.push_back(&r.parents);
+        }
+        return py::make_tuple(to_numpy(std::move(indptr)), to_numpy(concat(t)), to_numpy(concat(h)), to_numpy(concat(par)));
+    }
+
+    int64_t num_entities() const { return g_.num_entities; }
+    int64_t num_triples() const { return g_.num_triples; }
+    int64_t num_relations() const { return g_.num_relations; }
+
+  private:
+    // Workspaces (graph-sized mark arrays) are pooled across calls: a query never allocates them anew.
+    std::vector<std::unique_ptr<kvi::TraverseWorkspace>> acquire(int n) {
+        std::lock_guard<std::mutex> lock(pool_mutex_);
+        std::vector<std::unique_ptr<kvi::TraverseWorkspace>> out;
+        while (static_cast<int>(out.size()) < n) {
+            if (pool_.empty()) out.push_back(std::make_unique<kvi::TraverseWorkspace>());
+            else out.push_back(std::move(pool_.back())), pool_.pop_back();
+        }
+        return out;
+    }
+    void release(std::vector<std::unique_ptr<kvi::TraverseWorkspace>>&& ws) {
+        std::lock_guard<std::mutex> lock(pool_mutex_);
+        for (auto& w : ws) pool_.push_back(std::move(w));
+    }
+
+    std::vector<py::array> arrays_;  // keeps the viewed buffers alive
+    kvi::GraphView g_;
+    std::mutex pool_mutex_;
+    std::vector<std::unique_ptr<kvi::TraverseWorkspace>> pool_;
+};
+
+static void bind_graph(py::module_& m) {
+    m.def(
+        "build_csr",
+        [](py::array key, int64_t num_keys) {
+            const int32_t* k = array_data<int32_t>(key, "key");
+            if (num_keys < 0) throw std::invalid_argument("num_keys must be >= 0");
+            const int64_t n = key.shape(0);
+            std::vector<int64_t> indptr(num_keys + 1);
+            std::vector<int32_t> order(n);
+            {
+                py::gil_scoped_release nogil;
+                kvi::build_csr(k, n, num_keys, indptr.data(), order.data());
+            }
+            return py::make_tuple(to_numpy(std::move(indptr)), to_numpy(std::move(order)));
+        },
+        py::arg("key").noconvert(), py::arg("num_keys"),
+        "CSR grouping of row ids by key: (indptr int64[num_keys+1], order int32[n]), ascending row id per group.");
+
+    py::class_<PyGraph>(m, "Graph", "Validated view of a knowledge graph's triple and CSR arrays (no copies).")
+        .def(py::init<py::array, py::array, py::array, py::array, py::array, py::array, py::array, int64_t, int64_t>(),
+             py::arg("subj").noconvert(), py::arg("rel").noconvert(), py::arg("obj").noconvert(),
+             py::arg("out_indptr").noconvert(), py::arg("out_triples").noconvert(), py::arg("in_indptr").noconvert(),
+             py::arg("in_triples").noconvert(), py::arg("num_entities"), py::arg("num_relations"))
+        .def("traverse_batch", &PyGraph::traverse_batch, py::arg("seeds").noconvert(),
+             py::arg("seeds_indptr").noconvert(), py::arg("max_hops"), py::arg("allowed").noconvert() = py::none(),
+             py::arg("direction") = 1, py::arg("fanout") = -1, py::arg("max_candidates") = -1, py::arg("num_threads") = 0,
+             "Traverse every query (seeds[seeds_indptr[q]:seeds_indptr[q+1]]) with the GIL released; returns "
+             "(indptr int64[Q+1], triple_ids int64[M], hops int32[M], parents int64[M]).")
+        .def_property_readonly("num_entities", &PyGraph::num_entities)
+        .def_property_readonly("num_triples", &PyGraph::num_triples)
+        .def_property_readonly("num_relations", &PyGraph::num_relations);
+}
+
+// ---------------------------------------------------------------------------------------------- linker
+
+std::string_view bytes_view(const py::handle& h, const char* what, size_t i) {
+    if (!PyBytes_Check(h.ptr())) throw py::type_error(std::string(what) + " " + std::to_string(i) + ": expected bytes");
+    return {PyBytes_AS_STRING(h.ptr()), static_cast<size_t>(PyBytes_GET_SIZE(h.ptr()))};
+}
+
+static void bind_linker(py::module_& m) {
+    py::class_<kvi::Normalizer, std::shared_ptr<kvi::Normalizer>>(
+        m, "Normalizer", "Unicode tables for linking (built by kvi_engine.normalize_twin.native_tables()).")
+        .def(py::init([](py::array fold, py::array cls, py::array pool, py::array pool_indptr, py::array comp_keys,
+                         py::array comp_vals) {
+                 const uint32_t* f = array_data<uint32_t>(fold, "fold", kvi::kNumCodePoints);
+                 const uint8_t* c = array_data<uint8_t>(cls, "cls", kvi::kNumCodePoints);
+                 const uint32_t* p = array_data<uint32_t>(pool, "pool");
+                 const int64_t* pi = array_data<int64_t>(pool_indptr, "pool_indptr");
+                 const uint64_t* ck = array_data<uint64_t>(comp_keys, "comp_keys");
+                 const uint32_t* cv = array_data<uint32_t>(comp_vals, "comp_vals", comp_keys.shape(0));
+                 return std::make_shared<kvi::Normalizer>(
+                     std::vector<uint32_t>(f, f + kvi::kNumCodePoints), std::vector<uint8_t>(c, c + kvi::kNumCodePoints),
+                     std::vector<uint32_t>(p, p + pool.shape(0)), std::vector<int64_t>(pi, pi + pool_indptr.shape(0)), ck, cv,
+                     static_cast<size_t>(comp_keys.shape(0)));
+             }),
+             py::arg("fold").noconvert(), py::arg("cls").noconvert(), py::arg("pool").noconvert(),
+             py::arg("pool_indptr").noconvert(), py::arg("comp_keys").noconvert(), py::arg("comp_vals").noconvert())
+        .def(
+            "normalize",
+            [](const kvi::Normalizer& n, py::bytes text) {
+                std::string_view v = bytes_view(text, "text", 0);
+                kvi::Normalized out;
+                std::vector<uint32_t> scratch;
+                n.normalize(v, out, scratch);
+                return py::make_tuple(to_numpy(std::move(out.cp)), to_numpy(std::move(out.begin)), to_numpy(std::move(out.end)));
+            },
+            py::arg("text"), "(code points uint32, begin int64, end int64): normalised text and its source ranges.");
+
+    py::class_<kvi::Linker>(m, "Linker", "Trie of normalised names; longest non-overlapping word-boundary matches.")
+        .def(py::init([](std::shared_ptr<kvi::Normalizer> norm, py::bytes blob, py::array offsets, py::array entity_ids,
+                         std::optional<py::array> priors) {
+                 const int64_t n = entity_ids.ndim() == 1 ? entity_ids.shape(0) : -1;
+                 const int64_t* e = array_data<int64_t>(entity_ids, "entity_ids");
+                 const int64_t* off = array_data<int64_t>(offsets, "offsets", n + 1);
+                 const float* pr = priors ? array_data<float>(*priors, "priors", n) : nullptr;
+                 std::string_view b = bytes_view(blob, "blob", 0);
+                 if (off[n] != static_cast<int64_t>(b.size())) throw std::invalid_argument("offsets[-1] must equal len(blob)");
+                 py::gil_scoped_release nogil;
+                 return std::make_unique<kvi::Linker>(norm, b.data(), off, n, e, pr);
+             }),
+             py::arg("normalizer"), py::arg("blob"), py::arg("offsets").noconvert(), py::arg("entity_ids").noconvert(),
+             py::arg("priors").noconvert() = py::none())
+        .def(
+            "link_batch",
+            [](const kvi::Linker& l, py::list texts, double min_prior, int64_t num_threads) {
+                const int64_t q = static_cast<int64_t>(texts.size());
+                std::vector<std::string_view> views;
+                views.reserve(q);
+                for (size_t i = 0; i < texts.size(); ++i) views.push_back(bytes_view(texts[i], "text", i));
+                std::vector<kvi::LinkOut> results(q);
+                {
+                    py::gil_scoped_release nogil;
+                    const int workers = kvi::resolve_threads(num_threads, q / 64 + 1);
+                    std::vector<kvi::LinkScratch> scratch(workers);
+                    kvi::parallel_for(q, workers, [&](int w, int64_t i) {
+                        try {
+                            l.link(views[i], min_prior, results[i], scratch[w]);
+                        } catch (const std::invalid_argument& e) {
+                            throw std::invalid_argument("text " + std::to_string(i) + ": " + e.what());
+                        }
+                    });
+                }
+                std::vector<int64_t> mptr{0}, cptr{0};
+                std::vector<std::vector<int64_t>*> st, en, ent;
+                std::vector<std::vector<float>*> pri;
+                for (auto& r : results) {
+                    mptr.push_back(mptr.back() + static_cast<int64_t>(r.start.size()));
+                    for (int64_t c : r.num_candidates) cptr.push_back(cptr.back() + c);
+                    st.push_back(&r.start), en.push_back(&r.end), ent.push_back(&r.entity), pri.push_back(&r.prior);
+                }
+                return py::make_tuple(to_numpy(std::move(mptr)), to_numpy(concat(st)), to_numpy(concat(en)),
+                                      to_numpy(std::move(cptr)), to_numpy(concat(ent)), to_numpy(concat(pri)));
+            },
+            py::arg("texts"), py::arg("min_prior") = 0.0, py::arg("num_threads") = 0,
+            "Link UTF-8 texts (bytes) with the GIL released; returns (mention_indptr[Q+1], start[M], end[M], "
+            "candidate_indptr[M+1], entity[C], prior[C]); offsets are in code points of the decoded text.")
+        .def_property_readonly("num_names", &kvi::Linker::num_names)
+        .def_property_readonly("num_keys", &kvi::Linker::num_keys)
+        .def_property_readonly("num_nodes", &kvi::Linker::num_nodes)
+        .def_property_readonly("memory_bytes", &kvi::Linker::memory_bytes);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
     m.doc() = "kvi-engine native core (graph store, traversal, entity linker, bank codecs, CPU attention)";
     m.attr("__version__") = "0.1.0";
-    m.def("num_threads_default", []() { return 0; },
-          "Threads used by batched calls when num_threads=0 (0 = hardware concurrency).");
+    m.def("num_threads_default", []() { return kvi::resolve_threads(0, INT32_MAX); },
+          "Threads used by batched calls when num_threads=0 (hardware concurrency).");
+    bind_graph(m);
+    bind_linker(m);
 }
