@@ -40,13 +40,14 @@ class Linker {
         : norm_(std::move(norm)), num_names_(num_names) {
         if (num_names < 0 || num_names > INT32_MAX) fail("linker: number of names must be in [0, 2^31)");
         if (offsets[0] != 0) fail("linker: name offsets must start at 0");
+        for (int64_t i = 0; i < num_names; ++i)
+            if (offsets[i + 1] < offsets[i]) fail("linker: name offsets are not monotone at row " + std::to_string(i));
         std::vector<uint32_t> keys;
         std::vector<int64_t> key_off{0};
         key_off.reserve(num_names + 1);
         Normalized nt;
         std::vector<uint32_t> scratch;
         for (int64_t i = 0; i < num_names; ++i) {
-            if (offsets[i + 1] < offsets[i]) fail("linker: name offsets are not monotone at row " + std::to_string(i));
             if (entity_ids[i] < 0) fail("linker: row " + std::to_string(i) + " has negative entity id");
             if (priors && !(std::isfinite(priors[i]) && priors[i] >= 0.0f))
                 fail("linker: row " + std::to_string(i) + " has prior " + std::to_string(priors[i]) + "; priors must be finite and >= 0");
