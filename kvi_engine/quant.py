@@ -1,0 +1,217 @@
+"""Quantised KV storage: format spec (what fused kernels read) and the PyTorch reference codec.
+
+Format (bank format v1 sections; a scheme is the header field ``quant``)
+-----------------------------------------------------------------------
+``quant = {"scheme": s, "group_size": G, "key_mode": "token" | "channel"}``; ``L`` layers, ``T`` tokens of the
+segment, ``C`` capsules of the segment, ``H`` KV heads, ``D`` head_dim. All scales and zero points are fp16 and live in
+their own sections beside the codes. Dequantisation is computed in fp32.
+
+=========  =========================  ====================================  ==========================================
+scheme     codes ``k``/``v``          params per (layer, token, head, group)  dequant
+=========  =========================  ====================================  ==========================================
+fp32/16,   ``[L, T, H, D]`` float     none                                  identity (bf16 is stored as raw uint16)
+bf16
+int8       ``[L, T, H, D]`` int8      ``k_scale``/``v_scale`` fp16          ``x = q * scale``; symmetric, q in
+                                      ``[L, T, H, D/G]``; G = D             [-127, 127]
+int4       ``[L, T, H, D/2]`` uint8   ``*_scale``, ``*_zero`` fp16          ``x = q * scale + zero``; asymmetric,
+                                      ``[L, T, H, D/G]``                    q in [0, 15]
+int2       ``[L, T, H, D/4]`` uint8   as int4                               ``x = q * scale + zero``; q in [0, 3]
+fp8        ``[L, T, H, D]`` uint8     ``*_scale`` fp16 ``[L, T, H, D/G]``   ``x = e4m3fn(q) * scale``; G = D
+           (float8 e4m3fn bits)
+=========  =========================  ====================================  ==========================================
+
+- Group ``g`` of a row covers channels ``[g*G, (g+1)*G)``. ``G`` must divide ``D`` (int4/int2 default:
+  ``min(128, D)``; int8/fp8 always ``D``: one scale per token and head).
+- Packing of int4: byte ``j`` of a row holds channel ``2j`` in its LOW nibble and channel ``2j+1`` in its HIGH
+  nibble. int2: byte ``j`` holds channel ``4j+i`` in bits ``[2i, 2i+2)``, i = 0..3.
+- Encoding (bit-exact between C++ and reference): stats in fp32; int8 ``scale = fp16(absmax / 127)``; fp8
+  ``scale = fp16(absmax / 448)``; intN ``scale = fp16((max - min) / (2^N - 1))``, ``zero = fp16(min)``. Codes use
+  the fp16-ROUNDED params: ``q = clamp(round_half_even(x / s))`` (intN: ``(x - z) / s``; fp8: RNE cast of
+  ``clamp(x / s, -448, 448)``). A zero scale (constant or all-zero group) gives code 0 (int8/fp8) or 0 (intN, so
+  ``x = zero``).
+- ``key_mode = "channel"`` (keys only; values are always per token): key params are per (layer, capsule, head,
+  channel) over the capsule's tokens -- keys have channel outliers (KIVI, KVQuant) and are stored position-free, so
+  the statistics of one channel within one capsule are tight. Sections ``k_scale`` (and ``k_zero``) are
+  ``[L, C, H, D]`` indexed by the capsule's row in its segment; token ``t`` of a capsule with row ``c`` uses
+  ``k_scale[l, c, h, :]``. Codes keep the same layout and packing.
+- Bytes per token relative to fp16 (scales included): int8 ``0.5 + 1/D``; fp8 the same; int4 ``0.25 + 2/G``;
+  int2 ``0.125 + 2/G``; channel-mode keys add ``2/n`` (int8) or ``4/n`` (intN) halves of a key per capsule of
+  ``n`` tokens.
+
+Prefix KV (``prefix_k``/``prefix_v``) is always fp16/fp32 (one short sequence; not worth quantising).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_SCHEMES = ("fp32", "fp16", "bf16")
+QUANT_SCHEMES = ("int8", "int4", "int2", "fp8")
+SCHEMES = FLOAT_SCHEMES + QUANT_SCHEMES
+KEY_MODES = ("token", "channel")
+_BITS = {"int4": 4, "int2": 2}
+_FP8_MAX = 448.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuantSpec:
+    scheme: str
+    group_size: int = 0        # 0: the scheme's default for the head_dim it is applied to
+    key_mode: str = "token"
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"unknown bank storage {self.scheme!r}; supported: {list(SCHEMES)}")
+        if self.key_mode not in KEY_MODES:
+            raise ValueError(f"key_mode must be one of {KEY_MODES}, got {self.key_mode!r}")
+        if self.scheme in FLOAT_SCHEMES and (self.group_size or self.key_mode != "token"):
+            raise ValueError(f"{self.scheme} storage takes no group_size or key_mode")
+        if self.scheme in ("int8", "fp8") and self.group_size:
+            raise ValueError(f"{self.scheme} has one scale per token and head: group_size is not configurable")
+        if self.group_size < 0:
+            raise ValueError(f"group_size must be > 0, got {self.group_size}")
+
+    @classmethod
+    def parse(cls, quant: "str | dict | QuantSpec") -> "QuantSpec":
+        """``"int4"``, ``"int4:g64"``, ``"int8:channel"``, ``"int4:g32:channel"``, a header dict, or a spec."""
+        if isinstance(quant, QuantSpec):
+            return quant
+        if isinstance(quant, dict):
+            return cls(quant["scheme"], int(quant.get("group_size", 0)), quant.get("key_mode", "token"))
+        if not isinstance(quant, str):
+            raise TypeError(f"quant must be a string like 'int4:g64', got {type(quant).__name__}")
+        scheme, *opts = quant.split(":")
+        group, mode = 0, "token"
+        for o in opts:
+            if o in KEY_MODES:
+                mode = o
+            elif o.startswith("g") and o[1:].isdigit():
+                group = int(o[1:])
+            else:
+                raise ValueError(f"bad quant option {o!r} in {quant!r}; expected gN or one of {KEY_MODES}")
+        return cls(scheme, group, mode)
+
+    @property
+    def quantised(self) -> bool:
+        return self.scheme in QUANT_SCHEMES
+
+    @property
+    def has_zero(self) -> bool:
+        return self.scheme in _BITS
+
+    def group_for(self, head_dim: int) -> int:
+        if self.scheme in ("int8", "fp8"):
+            return head_dim
+        g = self.group_size or min(128, head_dim)
+        if head_dim % g or g % (8 // _BITS[self.scheme]):
+            raise ValueError(f"{self.scheme}: group_size {g} must divide head_dim {head_dim} and hold whole bytes")
+        return g
+
+    def code_dim(self, head_dim: int) -> int:
+        per_byte = 8 // _BITS.get(self.scheme, 8)
+        if head_dim % per_byte:
+            raise ValueError(f"{self.scheme}: head_dim {head_dim} is not a multiple of {per_byte}")
+        return head_dim // per_byte
+
+    def header(self, head_dim: int) -> dict:
+        h = {"scheme": self.scheme}
+        if self.quantised:
+            h.update(group_size=self.group_for(head_dim), key_mode=self.key_mode)
+        return h
+
+    def __str__(self) -> str:
+        s = self.scheme + (f":g{self.group_size}" if self.group_size else "")
+        return s + (":channel" if self.key_mode == "channel" else "")
+
+
+def code_dtype(scheme: str) -> torch.dtype:
+    return torch.int8 if scheme == "int8" else torch.uint8
+
+
+# -- reference encoder / decoder (PyTorch, fp32 math) ---------------------------------------------------------
+def _codes(xg: torch.Tensor, scheme: str, lo: torch.Tensor, hi: torch.Tensor):
+    """Params and unpacked codes for groups ``xg [..., G]`` with per-group stats ``lo``/``hi`` (keepdim)."""
+    if scheme in ("int8", "fp8"):
+        top = 127.0 if scheme == "int8" else _FP8_MAX
+        scale = (torch.maximum(hi, -lo) / top).half()
+        s = scale.float()
+        r = torch.where(s > 0, xg / torch.where(s > 0, s, 1.0), 0.0)
+        if scheme == "int8":
+            q = torch.round(r).clamp(-127, 127).to(torch.int8)
+        else:
+            q = r.clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
+        return q, scale, None
+    levels = float((1 << _BITS[scheme]) - 1)
+    scale, zero = ((hi - lo) / levels).half(), lo.half()
+    s, z = scale.float(), zero.float()
+    r = torch.where(s > 0, (xg - z) / torch.where(s > 0, s, 1.0), 0.0)
+    return torch.round(r).clamp(0, levels).to(torch.uint8), scale, zero
+
+
+def pack(q: torch.Tensor, scheme: str) -> torch.Tensor:
+    bits = _BITS.get(scheme)
+    if bits is None:
+        return q
+    per = 8 // bits
+    q = q.reshape(*q.shape[:-1], q.shape[-1] // per, per).to(torch.int32)
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return (q << shifts).sum(-1).to(torch.uint8)
+
+
+def unpack(codes: torch.Tensor, scheme: str) -> torch.Tensor:
+    bits = _BITS.get(scheme)
+    if bits is None:
+        return codes
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.int32, device=codes.device) * bits
+    q = (codes.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return q.reshape(*codes.shape[:-1], codes.shape[-1] * per)
+
+
+def _check_finite(x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError("cannot quantise non-finite keys/values (inf or nan in the input)")
+
+
+def encode_rows(x: torch.Tensor, spec: QuantSpec):
+    """Quantise rows ``x [N, D]`` with per-row groups: ``(codes [N, D'], scale [N, D/G], zero [N, D/G] | None)``."""
+    x = x.float()
+    _check_finite(x)
+    N, D = x.shape
+    G = spec.group_for(D)
+    xg = x.reshape(N, D // G, G)
+    q, scale, zero = _codes(xg, spec.scheme, xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True))
+    return (pack(q.reshape(N, D), spec.scheme), scale.reshape(N, D // G),
+            None if zero is None else zero.reshape(N, D // G))
+
+
+def encode_columns(x: torch.Tensor, spec: QuantSpec, indptr: torch.Tensor):
+    """Quantise ``x [N, D]`` with per-channel params over row segments ``indptr [C + 1]`` (capsules):
+    ``(codes [N, D'], scale [C, D], zero [C, D] | None)``."""
+    x = x.float()
+    _check_finite(x)
+    N, D = x.shape
+    seg = torch.repeat_interleave(torch.arange(len(indptr) - 1), indptr.diff())
+    if len(seg) != N:
+        raise ValueError(f"indptr covers {len(seg)} rows, x has {N}")
+    C = len(indptr) - 1
+    lo = torch.full((C, D), float("inf")).scatter_reduce(0, seg[:, None].expand(N, D), x, "amin")
+    hi = torch.full((C, D), float("-inf")).scatter_reduce(0, seg[:, None].expand(N, D), x, "amax")
+    q, scale, zero = _codes(x, spec.scheme, lo[seg], hi[seg])
+    first = indptr[:-1].clamp(max=max(N - 1, 0))
+    return pack(q, spec.scheme), scale[first], None if zero is None else zero[first]
+
+
+def decode(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, scheme: str) -> torch.Tensor:
+    """Dequantise ``codes [..., D']`` with params ``[..., D/G]`` (G = D / params' last dim) to fp32 ``[..., D]``."""
+    q = unpack(codes, scheme)
+    if scheme == "fp8":
+        q = q.to(torch.uint8).view(torch.float8_e4m3fn)
+    q = q.float()
+    D, ng = q.shape[-1], scale.shape[-1]
+    qg = q.reshape(*q.shape[:-1], ng, D // ng)
+    out = qg * scale.float().unsqueeze(-1)
+    if zero is not None:
+        out = out + zero.float().unsqueeze(-1)
+    return out.reshape(q.shape)
