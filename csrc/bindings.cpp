@@ -18,6 +18,7 @@
 #include "kvi/linker.h"
 #include "kvi/normalize.h"
 #include "kvi/parallel.h"
+#include "kvi/quant.h"
 #include "kvi/traverse.h"
 
 namespace py = pybind11;
@@ -277,6 +278,125 @@ static void bind_linker(py::module_& m) {
         .def_property_readonly("memory_bytes", &kvi::Linker::memory_bytes);
 }
 
+// ----------------------------------------------------------------------------------------------- quant
+
+static const py::array& quant_2d(const py::array& a, const char* name, const py::dtype& dt, int64_t cols = -1) {
+    if (!a.dtype().is(dt))
+        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(dt)) + ", got " +
+                             std::string(py::str(a.dtype())));
+    if (a.ndim() != 2) throw std::invalid_argument(std::string(name) + ": expected a 2-D array, got " + std::to_string(a.ndim()) + "-D");
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": array must be C-contiguous");
+    if (cols >= 0 && a.shape(1) != cols)
+        throw std::invalid_argument(std::string(name) + ": expected " + std::to_string(cols) + " columns, got " +
+                                    std::to_string(a.shape(1)));
+    return a;
+}
+
+static py::array quant_new(const py::dtype& dt, int64_t rows, int64_t cols) {
+    return py::array(dt, std::vector<py::ssize_t>{static_cast<py::ssize_t>(rows), static_cast<py::ssize_t>(cols)});
+}
+
+static py::dtype quant_code_dtype(kvi::quant::Scheme sc) {
+    return sc == kvi::quant::Scheme::Int8 ? py::dtype::of<int8_t>() : py::dtype::of<uint8_t>();
+}
+
+static void bind_quant(py::module_& m) {
+    namespace q = kvi::quant;
+    m.def(
+        "quant_encode_rows",
+        [](py::array x, const std::string& scheme, int64_t group_size, int num_threads) {
+            const q::Scheme sc = q::parse_scheme(scheme);
+            quant_2d(x, "x", py::dtype::of<float>());
+            const int64_t n = x.shape(0), d = x.shape(1);
+            if (group_size <= 0 || d % group_size) throw std::invalid_argument("group_size must divide head_dim");
+            py::array codes = quant_new(quant_code_dtype(sc), n, q::code_dim(sc, d));
+            py::array scale = quant_new(py::dtype("float16"), n, d / group_size);
+            py::object zero = py::none();
+            uint16_t* zp = nullptr;
+            if (q::has_zero(sc)) {
+                py::array z = quant_new(py::dtype("float16"), n, d / group_size);
+                zp = static_cast<uint16_t*>(z.mutable_data());
+                zero = z;
+            }
+            auto* cp = static_cast<uint8_t*>(codes.mutable_data());
+            auto* sp = static_cast<uint16_t*>(scale.mutable_data());
+            const auto* xp = static_cast<const float*>(x.data());
+            {
+                py::gil_scoped_release nogil;
+                q::encode_rows(sc, xp, n, d, group_size, cp, sp, zp, num_threads);
+            }
+            return py::make_tuple(codes, scale, zero);
+        },
+        py::arg("x").noconvert(), py::arg("scheme"), py::arg("group_size"), py::arg("num_threads") = 0,
+        "Quantise rows x [n, d] float32 with per-row groups -> (codes, scale [n, d/g] fp16, zero | None).");
+    m.def(
+        "quant_encode_columns",
+        [](py::array x, const std::string& scheme, py::array indptr, int num_threads) {
+            const q::Scheme sc = q::parse_scheme(scheme);
+            quant_2d(x, "x", py::dtype::of<float>());
+            const int64_t n = x.shape(0), d = x.shape(1);
+            if (!indptr.dtype().is(py::dtype::of<int64_t>())) throw py::type_error("indptr: expected dtype int64");
+            if (indptr.ndim() != 1 || indptr.shape(0) < 1 || !(indptr.flags() & py::array::c_style))
+                throw std::invalid_argument("indptr: expected a contiguous 1-D array of at least one entry");
+            const int64_t c = indptr.shape(0) - 1;
+            py::array codes = quant_new(quant_code_dtype(sc), n, q::code_dim(sc, d));
+            py::array scale = quant_new(py::dtype("float16"), c, d);
+            py::object zero = py::none();
+            uint16_t* zp = nullptr;
+            if (q::has_zero(sc)) {
+                py::array z = quant_new(py::dtype("float16"), c, d);
+                zp = static_cast<uint16_t*>(z.mutable_data());
+                zero = z;
+            }
+            auto* cp = static_cast<uint8_t*>(codes.mutable_data());
+            auto* sp = static_cast<uint16_t*>(scale.mutable_data());
+            const auto* xp = static_cast<const float*>(x.data());
+            const auto* ip = static_cast<const int64_t*>(indptr.data());
+            {
+                py::gil_scoped_release nogil;
+                q::encode_columns(sc, xp, n, d, ip, c, cp, sp, zp, num_threads);
+            }
+            return py::make_tuple(codes, scale, zero);
+        },
+        py::arg("x").noconvert(), py::arg("scheme"), py::arg("indptr").noconvert(), py::arg("num_threads") = 0,
+        "Quantise x [n, d] float32 with per-channel params over row segments indptr [c + 1] -> (codes, scale [c, d], "
+        "zero | None).");
+    m.def(
+        "quant_gather_decode",
+        [](py::array codes, py::array scale, std::optional<py::array> zero, const std::string& scheme, int64_t head_dim,
+           py::array code_rows, py::array param_rows, int num_threads) {
+            const q::Scheme sc = q::parse_scheme(scheme);
+            if (head_dim <= 0) throw std::invalid_argument("head_dim must be > 0");
+            quant_2d(codes, "codes", quant_code_dtype(sc), q::code_dim(sc, head_dim));
+            quant_2d(scale, "scale", py::dtype("float16"));
+            const int64_t ng = scale.shape(1);
+            if (q::has_zero(sc) != zero.has_value())
+                throw std::invalid_argument(std::string("zero: ") + (zero ? "not used by " : "required by ") + scheme);
+            if (zero) {
+                quant_2d(*zero, "zero", py::dtype("float16"), ng);
+                if (zero->shape(0) != scale.shape(0)) throw std::invalid_argument("zero and scale differ in rows");
+            }
+            const int64_t m = code_rows.ndim() == 1 ? code_rows.shape(0) : -1;
+            const int64_t* cr = array_data<int64_t>(code_rows, "code_rows", m);
+            const int64_t* pr = array_data<int64_t>(param_rows, "param_rows", m);
+            py::array out = quant_new(py::dtype::of<float>(), m, head_dim);
+            const auto* cp = static_cast<const uint8_t*>(codes.data());
+            const auto* sp = static_cast<const uint16_t*>(scale.data());
+            const auto* zp = zero ? static_cast<const uint16_t*>(zero->data()) : nullptr;
+            auto* op = static_cast<float*>(out.mutable_data());
+            const int64_t ncr = codes.shape(0), npr = scale.shape(0);
+            {
+                py::gil_scoped_release nogil;
+                q::gather_decode(sc, cp, ncr, head_dim, sp, zp, npr, ng, cr, pr, m, op, num_threads);
+            }
+            return out;
+        },
+        py::arg("codes").noconvert(), py::arg("scale").noconvert(), py::arg("zero").noconvert(), py::arg("scheme"),
+        py::arg("head_dim"), py::arg("code_rows").noconvert(), py::arg("param_rows").noconvert(),
+        py::arg("num_threads") = 0,
+        "Dequantise codes[code_rows] with params scale/zero[param_rows] -> float32 [len(code_rows), head_dim].");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -286,4 +406,5 @@ PYBIND11_MODULE(_core, m) {
           "Threads used by batched calls when num_threads=0 (hardware concurrency).");
     bind_graph(m);
     bind_linker(m);
+    bind_quant(m);
 }

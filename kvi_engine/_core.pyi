@@ -50,3 +50,18 @@ class Linker:
     def num_nodes(self) -> int: ...
     @property
     def memory_bytes(self) -> int: ...
+
+# -- bank codecs (csrc/kvi/quant.h; format spec in kvi_engine/quant.py) -------------------------------------------
+def quant_encode_rows(x: npt.NDArray[np.float32], scheme: str, group_size: int, num_threads: int = 0
+                      ) -> tuple[npt.NDArray[np.int8] | npt.NDArray[np.uint8], npt.NDArray[np.float16],
+                                 npt.NDArray[np.float16] | None]:
+    """x [n, d] -> (codes [n, d * bits / 8], scale [n, d / group_size], zero [n, d / group_size] or None)."""
+def quant_encode_columns(x: npt.NDArray[np.float32], scheme: str, indptr: npt.NDArray[np.int64], num_threads: int = 0
+                         ) -> tuple[npt.NDArray[np.int8] | npt.NDArray[np.uint8], npt.NDArray[np.float16],
+                                    npt.NDArray[np.float16] | None]:
+    """Per-channel params over row segments (capsules): scale/zero [len(indptr) - 1, d]."""
+def quant_gather_decode(codes: npt.NDArray[np.int8] | npt.NDArray[np.uint8], scale: npt.NDArray[np.float16],
+                        zero: npt.NDArray[np.float16] | None, scheme: str, head_dim: int,
+                        code_rows: npt.NDArray[np.int64], param_rows: npt.NDArray[np.int64], num_threads: int = 0
+                        ) -> npt.NDArray[np.float32]:
+    """float32 [len(code_rows), head_dim]: codes[code_rows] dequantised with scale/zero[param_rows]."""

@@ -130,23 +130,25 @@ def code_dtype(scheme: str) -> torch.dtype:
 
 
 # -- reference encoder / decoder (PyTorch, fp32 math) ---------------------------------------------------------
-def _codes(xg: torch.Tensor, scheme: str, lo: torch.Tensor, hi: torch.Tensor):
-    """Params and unpacked codes for groups ``xg [..., G]`` with per-group stats ``lo``/``hi`` (keepdim)."""
+def _params(scheme: str, lo: torch.Tensor, hi: torch.Tensor):
+    """fp16 scale (and zero) of groups with fp32 stats ``lo``/``hi``."""
     if scheme in ("int8", "fp8"):
-        top = 127.0 if scheme == "int8" else _FP8_MAX
-        scale = (torch.maximum(hi, -lo) / top).half()
-        s = scale.float()
-        r = torch.where(s > 0, xg / torch.where(s > 0, s, 1.0), 0.0)
-        if scheme == "int8":
-            q = torch.round(r).clamp(-127, 127).to(torch.int8)
-        else:
-            q = r.clamp(-_FP8_MAX, _FP8_MAX).to(torch.float8_e4m3fn).view(torch.uint8)
-        return q, scale, None
+        return (torch.maximum(hi, -lo) / (127.0 if scheme == "int8" else _FP8_MAX)).half(), None
+    return ((hi - lo) / float((1 << _BITS[scheme]) - 1)).half(), lo.half()
+
+
+def _codes(x: torch.Tensor, scheme: str, scale: torch.Tensor, zero: torch.Tensor | None) -> torch.Tensor:
+    """Unpacked codes of ``x`` under (broadcast) fp16 params."""
+    s = scale.float()
+    safe = torch.where(s > 0, s, 1.0)
+    if scheme == "int8":
+        return torch.round(torch.where(s > 0, x / safe, 0.0)).clamp(-127, 127).to(torch.int8)
+    if scheme == "fp8":
+        r = torch.where(s > 0, x / safe, 0.0).clamp(-_FP8_MAX, _FP8_MAX)
+        return r.to(torch.float8_e4m3fn).view(torch.uint8)
     levels = float((1 << _BITS[scheme]) - 1)
-    scale, zero = ((hi - lo) / levels).half(), lo.half()
-    s, z = scale.float(), zero.float()
-    r = torch.where(s > 0, (xg - z) / torch.where(s > 0, s, 1.0), 0.0)
-    return torch.round(r).clamp(0, levels).to(torch.uint8), scale, zero
+    r = torch.where(s > 0, (x - zero.float()) / safe, 0.0)
+    return torch.round(r).clamp(0, levels).to(torch.uint8)
 
 
 def pack(q: torch.Tensor, scheme: str) -> torch.Tensor:
@@ -181,7 +183,8 @@ def encode_rows(x: torch.Tensor, spec: QuantSpec):
     N, D = x.shape
     G = spec.group_for(D)
     xg = x.reshape(N, D // G, G)
-    q, scale, zero = _codes(xg, spec.scheme, xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True))
+    scale, zero = _params(spec.scheme, xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True))
+    q = _codes(xg, spec.scheme, scale, zero)
     return (pack(q.reshape(N, D), spec.scheme), scale.reshape(N, D // G),
             None if zero is None else zero.reshape(N, D // G))
 
@@ -198,9 +201,9 @@ def encode_columns(x: torch.Tensor, spec: QuantSpec, indptr: torch.Tensor):
     C = len(indptr) - 1
     lo = torch.full((C, D), float("inf")).scatter_reduce(0, seg[:, None].expand(N, D), x, "amin")
     hi = torch.full((C, D), float("-inf")).scatter_reduce(0, seg[:, None].expand(N, D), x, "amax")
-    q, scale, zero = _codes(x, spec.scheme, lo[seg], hi[seg])
-    first = indptr[:-1].clamp(max=max(N - 1, 0))
-    return pack(q, spec.scheme), scale[first], None if zero is None else zero[first]
+    scale, zero = _params(spec.scheme, lo, hi)
+    q = _codes(x, spec.scheme, scale[seg], None if zero is None else zero[seg])
+    return pack(q, spec.scheme), scale, zero
 
 
 def decode(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, scheme: str) -> torch.Tensor:
