@@ -129,3 +129,21 @@ def test_select_within_budget_with_capped_anchors():
                           anchor_tokens={"A": 2})
     assert [sc.index for sc in sel.capsules] == [0] and sel.anchors == ["A"] and sel.tokens == 8
     assert select_capsules(ranked, lambda sc: 1, budget_tokens=0, top_k=4).capsules == []
+
+
+def test_dense_index_hnsw_matches_exact_and_finds_the_evidence(minilm):
+    from kvi_engine.ingest import load_documents, sentence_store_from_documents
+    from kvi_engine.retrieval import DenseIndex
+
+    store = sentence_store_from_documents(load_documents(sample_dir() / "docs.jsonl"))
+    hnsw, exact = DenseIndex.from_store(store, minilm), DenseIndex.from_store(store, minilm, exact=True)
+    qs = [q["question"] for q in QUESTIONS if q["hops"] == 1]
+    a, b = hnsw.search(qs, 5), exact.search(qs, 5)
+    assert [[h.id for h in r] for r in a] == [[h.id for h in r] for r in b]
+    assert np.allclose([[h.score for h in r] for r in a], [[h.score for h in r] for r in b], atol=1e-5)
+    by_triple = {c.triple: c.sentence_id for c in CAPS}
+    found = sum(by_triple[tuple(q["support"][0])] in [h.id for h in r]
+                for q, r in zip([q for q in QUESTIONS if q["hops"] == 1], a))
+    assert found >= len(qs) - 2, found
+    with pytest.raises(ValueError, match="k must be"):
+        hnsw.search(qs, 0)
