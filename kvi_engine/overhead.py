@@ -1,0 +1,123 @@
+"""Time-to-first-token of LLM vs RAG vs KVI, measured side by side on the same model, prompts and dtype.
+
+Work is built at the token level so the comparison is exact: RAG puts the very statement tokens KVI injects in
+front of the prompt; LLM sees the prompt alone. TTFT = request in hand -> first token chosen: for KVI it includes
+building the injection plan and gathering capsules from the bank, every time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from kvi_engine.bank import KVBank
+from kvi_engine.capsules import Capsule
+from kvi_engine.inject import inject
+
+METHODS = ("llm", "rag", "kvi")
+_PLACES = ["Kestrel Bay", "Tamsk", "Orrin Vale", "Saltmarsh", "Halden Ridge", "Corvo", "Ilmen", "Brightwater"]
+
+
+def synthetic_capsules(n: int) -> list[Capsule]:
+    """``n`` distinct short capsules (~14 tokens with the tiny bench tokenizer), deterministic."""
+    rels = ["located_in", "produces", "works_for", "member_of"]
+    return [Capsule(f"Station {i}", rels[i % len(rels)], _PLACES[(i * 7) % len(_PLACES)]) for i in range(n)]
+
+
+@dataclass(slots=True)
+class TTFTRow:
+    method: str
+    capsules: int
+    batch: int
+    prompt_tokens: int
+    knowledge_tokens: int
+    ttft_ms: float
+    ttft_ms_min: float
+    ratio_to_llm: float = float("nan")
+
+
+def _first_token(model, ids: torch.Tensor) -> torch.Tensor:
+    out = model(input_ids=ids, use_cache=True)
+    return out.logits[:, -1].argmax(-1)
+
+
+def _timed(fn, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@torch.no_grad()
+def measure_ttft(model, bank: KVBank, prompt_ids: list[int], capsule_ids: list[int], *, batch: int = 1,
+                 repeats: int = 5, warmup: int = 1, methods=METHODS) -> list[TTFTRow]:
+    device = next(model.parameters()).device
+    prompt = torch.tensor([prompt_ids] * batch, device=device)
+    knowledge = [t for c in capsule_ids for t in bank.token_ids(c)]
+    rag = torch.tensor([bank.prefix_token_ids + knowledge + prompt_ids] * batch, device=device)
+    kvi_prompt = torch.tensor([prompt_ids[len(bank.prefix_token_ids):]
+                               if prompt_ids[:bank.prefix_len] == bank.prefix_token_ids else prompt_ids] * batch,
+                              device=device)
+
+    def kvi():
+        with inject(model, bank, [capsule_ids] * batch, check=False):
+            _first_token(model, kvi_prompt)
+
+    runs = {"llm": lambda: _first_token(model, prompt), "rag": lambda: _first_token(model, rag), "kvi": kvi}
+    rows = []
+    for name in methods:
+        times = _timed(runs[name], repeats, warmup)
+        rows.append(TTFTRow(name, len(capsule_ids), batch, len(prompt_ids),
+                            0 if name == "llm" else len(knowledge), 1e3 * statistics.median(times), 1e3 * min(times)))
+    llm = next((r.ttft_ms for r in rows if r.method == "llm"), None)
+    for r in rows:
+        r.ratio_to_llm = r.ttft_ms / llm if llm else float("nan")
+    return rows
+
+
+def machine_info() -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        commit = ""
+    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "commit": commit, "unix_time": time.time()}
+
+
+def write_results(rows: list, path: str | os.PathLike, **meta) -> None:
+    """JSON with machine + commit, and a CSV of the rows next to it."""
+    from kvi_engine.atomic import atomic_open
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dicts = [asdict(r) if hasattr(r, "__dataclass_fields__") else dict(r) for r in rows]
+    with atomic_open(path.with_suffix(".json"), "w") as f:
+        json.dump({"machine": machine_info(), **meta, "rows": dicts}, f, indent=1)
+    if dicts:
+        with atomic_open(path.with_suffix(".csv"), "w") as f:
+            f.write(",".join(dicts[0]) + "\n")
+            for d in dicts:
+                f.write(",".join(str(v) for v in d.values()) + "\n")
+
+
+def format_table(rows: list, columns: list[str]) -> str:
+    cells = [[c for c in columns]] + [[f"{getattr(r, c):.2f}" if isinstance(getattr(r, c), float)
+                                       else str(getattr(r, c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [" | ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
