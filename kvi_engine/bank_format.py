@@ -128,38 +128,41 @@ class ContainerWriter:
 
 
 class Container:
-    """Read side: header parsed on open, sections memory-mapped (copy-on-write) on first use."""
+    """Read side: header parsed on open and the whole file mapped (copy-on-write) at once, so a reader keeps a
+    consistent snapshot even when an update renames a new file over this one or deletes it. Section views are
+    created on first use; mapping is O(1) in the file size (pages load when touched)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such bank file")
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            pre = f.read(PREAMBLE_SIZE)
-            if len(pre) < PREAMBLE_SIZE:
-                raise BankFormatError(f"{self.path}: truncated preamble ({len(pre)} of {PREAMBLE_SIZE} bytes)")
-            magic, version, _, hoff, hlen, hcrc = _PREAMBLE.unpack_from(pre)
-            if magic != MAGIC:
-                raise BankFormatError(f"{self.path}: not a KV bank (bad magic {magic!r})")
-            if version > FORMAT_VERSION:
-                raise BankFormatError(f"{self.path}: format version {version} is newer than this engine "
-                                      f"({FORMAT_VERSION}); upgrade kvi-engine")
-            if hoff + hlen > size or hoff < PREAMBLE_SIZE:
-                raise BankFormatError(f"{self.path}: header at {hoff}+{hlen} lies outside the file ({size} bytes): "
-                                      "truncated file")
-            f.seek(hoff)
-            blob = f.read(hlen)
+        with open(self.path, "rb") as f:  # one descriptor: header and data come from the same file version
+            size = os.fstat(f.fileno()).st_size
+            if size < PREAMBLE_SIZE:
+                raise BankFormatError(f"{self.path}: truncated preamble ({size} of {PREAMBLE_SIZE} bytes)")
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        magic, version, _, hoff, hlen, hcrc = _PREAMBLE.unpack_from(self._mm)
+        if magic != MAGIC:
+            raise BankFormatError(f"{self.path}: not a KV bank (bad magic {magic!r})")
+        if version > FORMAT_VERSION:
+            raise BankFormatError(f"{self.path}: format version {version} is newer than this engine "
+                                  f"({FORMAT_VERSION}); upgrade kvi-engine")
+        if hoff + hlen > size or hoff < PREAMBLE_SIZE:
+            raise BankFormatError(f"{self.path}: header at {hoff}+{hlen} lies outside the file ({size} bytes): "
+                                  "truncated file")
+        blob = self._mm[hoff:hoff + hlen]
         if zlib.crc32(blob) != hcrc:
             raise BankFormatError(f"{self.path}: section 'header' fails its checksum")
         try:
             self.header = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-            self.sections = {n: Section(n, int(s["offset"]), int(s["nbytes"]), s["dtype"], tuple(s["shape"]),
-                                        int(s["crc32"])) for n, s in self.header["sections"].items()}
+            self.sections = {n: Section(n, int(s["offset"]), int(s["nbytes"]), s["dtype"],
+                                        tuple(int(d) for d in s["shape"]), int(s["crc32"]))
+                             for n, s in self.header["sections"].items()}
         except Exception as e:  # noqa: BLE001 -- any decoding failure of a checksummed header is a format error
             raise BankFormatError(f"{self.path}: header does not decode: {e}") from None
         for s in self.sections.values():
-            if s.dtype not in DTYPES or s.offset + s.nbytes > hoff or \
+            if s.dtype not in DTYPES or s.offset < PREAMBLE_SIZE or s.nbytes < 0 or s.offset + s.nbytes > hoff or \
+                    any(d < 0 for d in s.shape) or \
                     int(np.prod(s.shape, dtype=np.int64)) * np.dtype(DTYPES[s.dtype]).itemsize != s.nbytes:
                 raise BankFormatError(f"{self.path}: section {s.name!r} has an inconsistent extent or shape")
         self._arrays: dict[str, np.ndarray] = {}
@@ -173,12 +176,15 @@ class Container:
             if s.nbytes == 0:
                 arr = np.zeros(s.shape, DTYPES[s.dtype])
             else:
-                arr = np.memmap(self.path, dtype=DTYPES[s.dtype], mode="c", offset=s.offset, shape=s.shape)
+                arr = np.frombuffer(self._mm, DTYPES[s.dtype], s.nbytes // np.dtype(DTYPES[s.dtype]).itemsize,
+                                    s.offset).reshape(s.shape)
             self._arrays[name] = arr
         return arr
 
     def verify(self, names=None) -> None:
         for name in names or self.sections:
-            s = self.sections[name]
+            s = self.sections.get(name)
+            if s is None:
+                raise BankFormatError(f"{self.path}: missing section {name!r}")
             if s.nbytes and crc32_of(self.array(name)) != s.crc32:
                 raise BankFormatError(f"{self.path}: section {name!r} fails its checksum (corrupt data)")

@@ -4,6 +4,10 @@ Each capsule is compiled alone (after the tokenizer's shared prefix, e.g. BOS, w
 use), so its KV does not depend on which other capsules it is later injected with. Capsules are sorted by length
 and right-padded in batches: causal attention means real tokens never see the padding, so batched compile equals
 one-at-a-time compile.
+
+The same machinery compiles the new segment of an update: :func:`add_capsules` (new ids) and
+:func:`recompile_entity` (new KV under the same ids); removal, compaction and requantization need no model and live
+in :mod:`kvi_engine.bank_updates`.
 """
 from __future__ import annotations
 
@@ -17,14 +21,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from kvi_engine import __version__, fingerprint, rope
-from kvi_engine.bank import STORAGE_DTYPES, KVBank
-from kvi_engine.bank_format import ContainerWriter
+from kvi_engine import __version__, bank_updates, fingerprint, rope
+from kvi_engine.bank import KVBank
+from kvi_engine.bank_segments import MANIFEST_FILE, SegmentWriter
 from kvi_engine.capsules import Capsule, Entity
 from kvi_engine.capture import capture_kv
+from kvi_engine.quant_spec import QuantSpec
 from kvi_engine.statements import anchor_capsule, anchor_statement, render_statement
-
-_NP_STORAGE = {"fp32": np.float32, "fp16": np.float16, "bf16": np.uint16}
 
 
 def shared_prefix(tokenizer) -> list[int]:
@@ -51,11 +54,6 @@ def capsule_statements(capsules: Sequence[Capsule], entities: Sequence[Entity] =
     return caps, texts
 
 
-def _to_storage(x: torch.Tensor, quant: str) -> np.ndarray:
-    x = x.to(STORAGE_DTYPES[quant]).cpu()
-    return x.view(torch.uint16).numpy() if quant == "bf16" else x.numpy()
-
-
 @torch.no_grad()
 def _run(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
     with capture_kv(model) as rec:
@@ -63,20 +61,13 @@ def _run(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         return dict(rec)
 
 
-def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.PathLike, quant: str = "fp16", *,
-                 entities: Sequence[Entity] = (), templates: dict[str, str] | None = None, batch_size: int = 32,
-                 progress: bool = True) -> KVBank:
-    """Compile ``capsules`` (then one anchor per entity in ``entities``) into a bank directory ``out``.
-
-    Capsule id ``i`` of the bank is ``capsules[i]``; anchors follow in entity order. ``quant`` is the storage
-    format: "fp32", "fp16" or "bf16".
-    """
-    if quant not in STORAGE_DTYPES:
-        raise ValueError(f"unknown bank storage {quant!r}; supported: {sorted(STORAGE_DTYPES)}")
+def _compile_segment(model, tokenizer, caps: list[Capsule], texts: list[str], make_writer, *, batch_size: int,
+                     progress: bool) -> tuple:
+    """Run the model over ``texts`` and stream their KV into ``make_writer(lengths, token_ids, meta, prefix,
+    prefix_k, prefix_v)`` (a :class:`SegmentWriter`); returns the closed segment and the compile seconds."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rope.check_repositionable(model)
-    caps, texts = capsule_statements(capsules, entities, templates)
     if not caps:
         raise ValueError("nothing to compile: no capsules and no entities given")
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
@@ -88,31 +79,19 @@ def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.Pa
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     L, H, P = cfg.num_hidden_layers, cfg.num_key_value_heads, len(prefix)
     lengths = np.array([len(t) for t in ids], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    num_tokens = int(lengths.sum())
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    w = ContainerWriter(out / "bank.kvb")
+    pk = np.zeros((L, P, H, head_dim), np.float32)
+    pv = np.zeros_like(pk)
+    if P:
+        rec = _run(model, torch.tensor([prefix], device=device), torch.ones(1, P, dtype=torch.long, device=device))
+        for layer, (k, v) in rec.items():
+            pk[layer], pv[layer] = k[0].transpose(0, 1).float().cpu(), v[0].transpose(0, 1).float().cpu()
+    meta = [{**c.to_dict(), "kind": c.kind, "statement": s} for c, s in zip(caps, texts)]
+    w: SegmentWriter = make_writer(lengths, np.concatenate([np.asarray(t, np.int32) for t in ids]), meta, prefix,
+                                   pk, pv)
     try:
-        w.add("capsule_table", np.stack([starts, lengths], axis=1))
-        w.add("token_ids", np.concatenate([np.asarray(t, np.int32) for t in ids]))
-        meta = [{**c.to_dict(), "kind": c.kind, "statement": s} for c, s in zip(caps, texts)]
-        w.add("capsule_meta", msgpack.packb(meta, use_bin_type=True))
-        w.add("prefix_token_ids", np.asarray(prefix, np.int32))
-        k_out = w.reserve("k", quant, (L, num_tokens, H, head_dim))
-        v_out = w.reserve("v", quant, (L, num_tokens, H, head_dim))
-        pk = np.zeros((L, P, H, head_dim), _NP_STORAGE[quant])
-        pv = np.zeros_like(pk)
-        if P:
-            rec = _run(model, torch.tensor([prefix], device=device), torch.ones(1, P, dtype=torch.long, device=device))
-            for layer, (k, v) in rec.items():
-                pk[layer], pv[layer] = _to_storage(k[0].transpose(0, 1), quant), _to_storage(v[0].transpose(0, 1), quant)
-        w.add("prefix_k", pk, quant)
-        w.add("prefix_v", pv, quant)
-
         order = np.argsort(-lengths, kind="stable")
         batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
         t0 = time.perf_counter()
@@ -126,24 +105,117 @@ def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.Pa
                 mask[r, :len(row)] = 1
             rec = _run(model, input_ids.to(device), mask.to(device))
             for layer, (k, v) in rec.items():
-                k, v = k.transpose(1, 2), v.transpose(1, 2)  # [batch, len, kv_heads, head_dim]
-                for r, ci in enumerate(batch):
-                    s, n = int(starts[ci]), int(lengths[ci])
-                    k_out[layer, s:s + n] = _to_storage(k[r, P:P + n], quant)
-                    v_out[layer, s:s + n] = _to_storage(v[r, P:P + n], quant)
-        for arr in (k_out, v_out):
-            if isinstance(arr, np.memmap):
-                arr.flush()
-        del k_out, v_out
-        w.close({
-            "kind": "kvi-bank", "engine_version": __version__, "created_unix": time.time(),
-            "num_layers": L, "num_kv_heads": H, "head_dim": head_dim, "num_capsules": len(caps),
-            "num_tokens": num_tokens, "quant": {"scheme": quant}, "prefix_token_ids": prefix,
-            "fingerprint": fingerprint.fingerprint(model, tokenizer), "rope": rope.rope_parameters(model),
-            "compile": {"batch_size": batch_size, "model_dtype": str(next(model.parameters()).dtype),
-                        "seconds": time.perf_counter() - t0},
-        })
+                k, v = k.transpose(1, 2).float().cpu(), v.transpose(1, 2).float().cpu()  # [batch, len, heads, dim]
+                ks = torch.cat([k[r, P:P + int(lengths[ci])] for r, ci in enumerate(batch)]).numpy()
+                vs = torch.cat([v[r, P:P + int(lengths[ci])] for r, ci in enumerate(batch)]).numpy()
+                w.put(layer, batch, ks, vs)
+        seconds = time.perf_counter() - t0
+        w.header["compile"] = {"batch_size": batch_size, "model_dtype": str(next(model.parameters()).dtype),
+                               "seconds": seconds}
+        return w.close(), seconds
     except BaseException:
         w.abort()
         raise
+
+
+def _model_dims(model) -> dict:
+    cfg = model.config
+    return {"num_layers": cfg.num_hidden_layers, "num_kv_heads": cfg.num_key_value_heads,
+            "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads}
+
+
+def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.PathLike, quant="fp16", *,
+                 entities: Sequence[Entity] = (), templates: dict[str, str] | None = None, batch_size: int = 32,
+                 progress: bool = True) -> KVBank:
+    """Compile ``capsules`` (then one anchor per entity in ``entities``) into a new bank directory ``out``
+    (replacing any bank there).
+
+    Capsule id ``i`` of the bank is ``capsules[i]``; anchors follow in entity order. ``quant`` is the storage
+    scheme: "fp32", "fp16", "bf16", "int8", "int4", "int2" or "fp8", with options as in
+    :meth:`QuantSpec.parse` (e.g. "int4:g64", "int8:channel"); see :mod:`kvi_engine.quant` for the formats.
+    """
+    spec = QuantSpec.parse(quant)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spec.header(_model_dims(model)["head_dim"])
+    rope.check_repositionable(model)
+    caps, texts = capsule_statements(capsules, entities, templates)
+    if not caps:
+        raise ValueError("nothing to compile: no capsules and no entities given")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def make_writer(lengths, token_ids, meta, prefix, pk, pv):
+        header = {"kind": "kvi-bank", "engine_version": __version__, "created_unix": time.time(),
+                  "fingerprint": fingerprint.fingerprint(model, tokenizer), "rope": rope.rope_parameters(model)}
+        return SegmentWriter(out / "bank.kvb", spec, **_model_dims(model), lengths=lengths, token_ids=token_ids,
+                             meta=meta, capsule_ids=np.arange(len(meta)), prefix_token_ids=prefix, prefix_k=pk,
+                             prefix_v=pv, header=header)
+
+    with bank_updates.writer_lock(out):
+        _compile_segment(model, tokenizer, caps, texts, make_writer, batch_size=batch_size, progress=progress)
+        # A fresh compile replaces an updated bank: the manifest of the old one (and its segments) go.
+        (out / MANIFEST_FILE).unlink(missing_ok=True)
+        bank_updates.collect_garbage(out, {"bank.kvb"})
     return KVBank.open(out)
+
+
+def _check_bank_model(u: bank_updates.Update, model, tokenizer) -> None:
+    first = u.snap.first
+    dims = _model_dims(model)
+    have = {"num_layers": first.num_layers, "num_kv_heads": first.num_kv_heads, "head_dim": first.head_dim}
+    if dims != have:
+        raise fingerprint.FingerprintMismatch(f"{u.root}: bank shape {have} does not match the model's {dims}")
+    fingerprint.check(first.c.header["fingerprint"], model, tokenizer, where=str(u.root))
+
+
+def _update_writer(u: bank_updates.Update, capsule_ids: np.ndarray):
+    want = [int(t) for t in u.snap.first.c.header["prefix_token_ids"]]
+
+    def make_writer(lengths, token_ids, meta, prefix, pk, pv):
+        if list(prefix) != want:
+            raise ValueError(f"{u.root}: the tokenizer's shared prefix {prefix} differs from the bank's {want}")
+        return u.writer(lengths, token_ids, meta, capsule_ids)
+    return make_writer
+
+
+def add_capsules(bank_dir: str | os.PathLike, model, tokenizer, capsules: Sequence[Capsule], *,
+                 entities: Sequence[Entity] = (), templates: dict[str, str] | None = None, batch_size: int = 32,
+                 progress: bool = False) -> list[int]:
+    """Compile ``capsules`` (and anchors of ``entities``) into a new segment of the bank; returns their new ids.
+    Existing ids, segments and readers are untouched."""
+    caps, texts = capsule_statements(capsules, entities, templates)
+    with bank_updates.Update(bank_dir) as u:
+        _check_bank_model(u, model, tokenizer)
+        ids = u.next_ids(len(caps))
+        seg, _ = _compile_segment(model, tokenizer, caps, texts, _update_writer(u, ids), batch_size=batch_size,
+                                  progress=progress)
+        u.commit(u.snap.segments + [seg], np.concatenate([u.seg, np.full(len(ids), len(u.snap.segments))]),
+                 np.concatenate([u.row, np.arange(len(ids))]))
+    return ids.tolist()
+
+
+def recompile_entity(bank_dir: str | os.PathLike, model, tokenizer, entity: str, *,
+                     updates: dict[int, Capsule] | None = None, templates: dict[str, str] | None = None,
+                     batch_size: int = 32) -> list[int]:
+    """Re-compile every live capsule whose subject is ``entity`` (its anchor and its triples) under the same ids,
+    optionally with new content ``updates = {id: Capsule}`` (ids must be among them). Returns the ids."""
+    bank = KVBank.open(bank_dir)
+    ids = [i for i in bank.live_ids() if bank.capsule(i).subject == entity]
+    if not ids:
+        raise KeyError(f"{bank_dir}: no live capsule has subject {entity!r}")
+    stray = sorted(set(updates or {}) - set(ids))
+    if stray:
+        raise ValueError(f"updates for capsules {stray} that are not {entity!r}'s (its capsules: {ids})")
+    caps = [(updates or {}).get(i, bank.capsule(i)) for i in ids]
+    with bank_updates.Update(bank_dir) as u:
+        _check_bank_model(u, model, tokenizer)
+        ids_arr = np.asarray(ids, np.int64)
+        if (u.seg[ids_arr] < 0).any():
+            raise KeyError(f"{bank_dir}: a capsule of {entity!r} was removed while re-compiling")
+        caps_, texts = capsule_statements(caps, (), templates)
+        seg, _ = _compile_segment(model, tokenizer, caps_, texts, _update_writer(u, ids_arr), batch_size=batch_size,
+                                  progress=False)
+        u.seg[ids_arr], u.row[ids_arr] = len(u.snap.segments), np.arange(len(ids))
+        u.commit(u.snap.segments + [seg], u.seg, u.row)
+    return ids

@@ -65,15 +65,13 @@ class InjectionPlan:
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        B, S = self.token_index.shape
-        k_all, v_all = self.bank.layer_kv(layer)
-        flat = self.token_index.reshape(-1)
-        k = k_all[flat].reshape(B, S, *k_all.shape[1:])
-        v = v_all[flat].reshape(B, S, *v_all.shape[1:])
+        B = self.token_index.shape[0]
+        # Only the plan's tokens are read (and dequantised, for quantised banks): [B, S, kv_heads, head_dim].
+        k, v = self.bank.gather_kv(layer, self.token_index)
         if self.prefix_len:
             pk, pv = self.bank.prefix_kv(layer)
-            k = torch.cat([pk.unsqueeze(0).expand(B, -1, -1, -1), k], dim=1)
-            v = torch.cat([pv.unsqueeze(0).expand(B, -1, -1, -1), v], dim=1)
+            k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=1)
+            v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=1)
         k = k.to(device=device, dtype=dtype).transpose(1, 2)
         v = v.to(device=device, dtype=dtype).transpose(1, 2).contiguous()
         cos, sin = self._cos_sin(model, dtype, device)
