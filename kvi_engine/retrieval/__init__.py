@@ -5,9 +5,10 @@ from kvi_engine.retrieval.drm import DRMConfig, DRMScorer, ScoredCapsule, Select
 from kvi_engine.retrieval.encoder import Encoder, MiniLMEncoder, default_encoder, minilm_path
 from kvi_engine.retrieval.grounding import GroundedAnswer, GroundingFilter, Judgement
 from kvi_engine.retrieval.intent import DEFAULT_INTENTS, Intent, IntentClassifier, IntentMatch, load_intents
+from kvi_engine.retrieval.pipeline import NO_ENTITY, CapsuleRetriever, Retrieval, RetrievalConfig
 from kvi_engine.retrieval.text import content_tokens
 
-__all__ = ["DEFAULT_INTENTS", "DRMConfig", "DRMScorer", "DenseIndex", "Encoder", "GroundedAnswer", "GroundingFilter",
+__all__ = ["CapsuleRetriever", "NO_ENTITY", "Retrieval", "RetrievalConfig", "DEFAULT_INTENTS", "DRMConfig", "DRMScorer", "DenseIndex", "Encoder", "GroundedAnswer", "GroundingFilter",
            "Hit", "Intent", "IntentClassifier", "IntentMatch", "Judgement", "MiniLMEncoder", "ScoredCapsule",
            "Selection", "content_tokens", "default_encoder", "lexical_overlap", "load_intents", "minilm_path",
            "select_capsules"]
