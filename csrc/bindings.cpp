@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvi/attention.h"
 #include "kvi/graph.h"
 #include "kvi/linker.h"
 #include "kvi/normalize.h"
@@ -397,6 +398,95 @@ static void bind_quant(py::module_& m) {
         "Dequantise codes[code_rows] with params scale/zero[param_rows] -> float32 [len(code_rows), head_dim].");
 }
 
+// ----------------------------------------------------------------------------------------------- attention
+
+// Checked view of an N-D C-contiguous array; shape entries < 0 match any size.
+const void* nd_raw(const py::array& a, const char* name, const py::dtype& dtype, const std::vector<int64_t>& shape) {
+    if (!a.dtype().is(dtype))
+        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(dtype)) + ", got " +
+                             std::string(py::str(a.dtype())));
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
+    if (!ok) {
+        std::string want = "[", got = "[";
+        for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
+        for (py::ssize_t i = 0; i < a.ndim(); ++i) got += (i ? ", " : "") + std::to_string(a.shape(i));
+        throw std::invalid_argument(std::string(name) + ": expected shape " + want + "], got " + got + "]");
+    }
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": array must be C-contiguous");
+    return a.data();
+}
+
+template <class T>
+const T* nd_data(const py::array& a, const char* name, const std::vector<int64_t>& shape) {
+    return static_cast<const T*>(nd_raw(a, name, py::dtype::of<T>(), shape));
+}
+
+static kvi::attn::Source bank_source(const py::array& a, const std::string& format, const char* name, int64_t heads,
+                                     int64_t dim) {
+    kvi::attn::Source s;
+    const std::vector<int64_t> shape{-1, heads, dim};
+    if (format == "fp32") {
+        s.codes = nd_data<float>(a, name, shape), s.format = kvi::attn::Format::f32;
+    } else if (format == "fp16") {
+        const bool half = a.dtype().is(py::dtype("float16"));  // numpy float16 or its uint16 bits
+        s.codes = nd_raw(a, name, half ? py::dtype("float16") : py::dtype::of<uint16_t>(), shape);
+        s.format = kvi::attn::Format::f16;
+    } else if (format == "bf16") {
+        s.codes = nd_data<uint16_t>(a, name, shape), s.format = kvi::attn::Format::bf16;
+    } else {
+        throw std::invalid_argument(std::string(name) + ": unknown storage format '" + format + "'");
+    }
+    s.tokens = a.shape(0);
+    return s;
+}
+
+static void bind_attention(py::module_& m) {
+    m.def(
+        "prefix_attention",
+        [](py::array query, py::array own_k, py::array own_v, std::optional<py::array> own_mask, py::array bank_k,
+           py::array bank_v, const std::string& bank_format, py::array prefix_k, py::array prefix_v,
+           const std::string& prefix_format, py::array token, py::array visible, py::array cos, py::array sin,
+           py::array out, py::array lse, double scale, int round, int64_t num_threads) {
+            if (query.ndim() != 4 || own_k.ndim() != 4)
+                throw std::invalid_argument("query and own_k must be 4-D [batch, heads, len, head_dim]");
+            if (round < 0 || round > 2) throw std::invalid_argument("round must be 0 (none), 1 (fp16) or 2 (bf16)");
+            kvi::attn::Problem p;
+            p.batch = query.shape(0), p.q_heads = query.shape(1), p.q_len = query.shape(2), p.head_dim = query.shape(3);
+            p.kv_heads = own_k.shape(1), p.kv_len = own_k.shape(2), p.num_slots = token.ndim() == 2 ? token.shape(1) : -1;
+            const int64_t B = p.batch, D = p.head_dim;
+            p.query = nd_data<float>(query, "query", {B, p.q_heads, p.q_len, D});
+            p.own_k = nd_data<float>(own_k, "own_k", {B, p.kv_heads, p.kv_len, D});
+            p.own_v = nd_data<float>(own_v, "own_v", {B, p.kv_heads, p.kv_len, D});
+            if (own_mask) p.own_mask = nd_data<uint8_t>(*own_mask, "own_mask", {B, p.q_len, p.kv_len});
+            p.bank_k = bank_source(bank_k, bank_format, "bank_k", p.kv_heads, D);
+            p.bank_v = bank_source(bank_v, bank_format, "bank_v", p.kv_heads, D);
+            p.prefix_k = bank_source(prefix_k, prefix_format, "prefix_k", p.kv_heads, D);
+            p.prefix_v = bank_source(prefix_v, prefix_format, "prefix_v", p.kv_heads, D);
+            p.prefix_len = p.prefix_k.tokens;
+            p.token = nd_data<int32_t>(token, "token", {B, p.num_slots});
+            p.visible = nd_data<uint8_t>(visible, "visible", {B, p.num_slots});
+            p.cos = nd_data<float>(cos, "cos", {B, p.num_slots, D / 2});
+            p.sin = nd_data<float>(sin, "sin", {B, p.num_slots, D / 2});
+            if (!out.writeable() || !lse.writeable()) throw std::invalid_argument("out and lse must be writeable");
+            p.out = const_cast<float*>(nd_data<float>(out, "out", {B, p.q_heads, p.q_len, D}));
+            p.lse = const_cast<float*>(nd_data<float>(lse, "lse", {B, p.q_heads, p.q_len}));
+            p.scale = static_cast<float>(scale);
+            p.round = static_cast<kvi::attn::Round>(round);
+            py::gil_scoped_release nogil;
+            kvi::attn::prefix_attention(p, static_cast<int>(num_threads));
+        },
+        py::arg("query").noconvert(), py::arg("own_k").noconvert(), py::arg("own_v").noconvert(),
+        py::arg("own_mask").noconvert(), py::arg("bank_k").noconvert(), py::arg("bank_v").noconvert(),
+        py::arg("bank_format"), py::arg("prefix_k").noconvert(), py::arg("prefix_v").noconvert(),
+        py::arg("prefix_format"), py::arg("token").noconvert(), py::arg("visible").noconvert(),
+        py::arg("cos").noconvert(), py::arg("sin").noconvert(), py::arg("out").noconvert(),
+        py::arg("lse").noconvert(), py::arg("scale"), py::arg("round") = 0, py::arg("num_threads") = 0,
+        "Fused prefix attention (GIL released): writes out [B, Hq, Q, D] and lse [B, Hq, Q] in place. Injected "
+        "K/V are read from bank_k/bank_v [tokens, kv_heads, D] and prefix_k/prefix_v in their storage format, "
+        "rotated by cos/sin [B, slots, D/2]; own_mask [B, Q, KV] uint8 or None for causal.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -407,4 +497,5 @@ PYBIND11_MODULE(_core, m) {
     bind_graph(m);
     bind_linker(m);
     bind_quant(m);
+    bind_attention(m);
 }

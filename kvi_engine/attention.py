@@ -12,6 +12,7 @@ bank through the plan's tables. Every backend registers here with :mod:`kvi_engi
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -27,13 +28,19 @@ def causal_mask(q_len: int, kv_len: int, batch: int, device) -> torch.Tensor:
     return (torch.arange(kv_len, device=device).unsqueeze(0) <= q).expand(batch, 1, q_len, kv_len)
 
 
+def own_visibility(own_mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int) -> torch.Tensor | None:
+    """``own_mask`` as bool ``[batch, q_len, kv_len]`` (True = attend), or None for plain causal."""
+    if own_mask is None:
+        return None
+    if own_mask.dtype != torch.bool:
+        own_mask = own_mask == 0  # additive float mask: 0 = attend
+    return own_mask.expand(batch, 1, q_len, kv_len).reshape(batch, q_len, kv_len)
+
+
 def _full_mask(slot_valid: torch.Tensor, own_mask: torch.Tensor | None, q_len: int, kv_len: int) -> torch.Tensor:
     B = slot_valid.shape[0]
-    if own_mask is None:
-        own_mask = causal_mask(q_len, kv_len, B, slot_valid.device)
-    elif own_mask.dtype != torch.bool:
-        own_mask = own_mask == 0  # additive float mask: 0 = attend
-    own_mask = own_mask.expand(B, 1, q_len, kv_len)
+    own = own_visibility(own_mask, B, q_len, kv_len)
+    own_mask = causal_mask(q_len, kv_len, B, slot_valid.device) if own is None else own.unsqueeze(1)
     inj = slot_valid[:, None, None, :].expand(B, 1, q_len, slot_valid.shape[1])
     return torch.cat([inj, own_mask], dim=-1)
 
@@ -75,10 +82,90 @@ def merge_state(out_a, lse_a, out_b, lse_b):
     return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype), lse
 
 
+_ROUND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+def _numpy(t: torch.Tensor):
+    """Zero-copy numpy view; bfloat16 (no numpy dtype) crosses as its uint16 bits."""
+    return t.view(torch.int16).numpy().view("uint16") if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def cpp(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_lse=True):
+    """C++ CPU kernel (kvi_engine._core.prefix_attention): reads the bank in its storage format through the plan's
+    slot tables. Activations are computed in float32 (CPUs have no fast half arithmetic); injected K/V are rounded
+    to the activation dtype on the way, as the reference does."""
+    from kvi_engine import _core
+
+    if query.device.type != "cpu":
+        raise ValueError(f"the C++ prefix_attention backend runs on CPU tensors, got {query.device}")
+    if own_k.dtype not in _ROUND:
+        raise TypeError(f"unsupported activation dtype {own_k.dtype}")
+    B, Hq, Q, D = query.shape
+    KV = own_k.shape[2]
+    tables = plan.slot_tables("cpu")
+    cos, sin = plan.rope_table(own_k.dtype)
+    bank_k, bank_v = plan.bank.layer_kv(layer)
+    prefix_k, prefix_v = plan.bank.prefix_kv(layer)
+    storage = plan.bank.quant["scheme"]
+    mask = own_visibility(own_mask, B, Q, KV)
+    out = torch.empty(B, Hq, Q, D, dtype=torch.float32)
+    lse = torch.empty(B, Hq, Q, dtype=torch.float32)
+    f32 = [x.detach().float().contiguous().numpy() for x in (query, own_k, own_v)]
+    _core.prefix_attention(*f32, None if mask is None else mask.to(torch.uint8).contiguous().numpy(),
+                           _numpy(bank_k), _numpy(bank_v), storage, _numpy(prefix_k), _numpy(prefix_v), storage,
+                           tables.token.numpy(), tables.layer_visible(layer).numpy(), cos.numpy(), sin.numpy(),
+                           out.numpy(), lse.numpy(), scaling if scaling is not None else 1 / math.sqrt(D),
+                           _ROUND[own_k.dtype])
+    return out.to(query.dtype), lse
+
+
+def _cpp_available() -> bool:
+    try:
+        from kvi_engine import _core
+    except ImportError:
+        return False
+    return hasattr(_core, "prefix_attention")
+
+
+def _triton(*args, **kwargs):
+    from kvi_engine.kernels.prefix_attention import prefix_attention_fwd
+    return prefix_attention_fwd(*args, **kwargs)
+
+
 dispatch.register(OP, "reference", torch_sdpa)
+dispatch.register(OP, "cpp", cpp, available=_cpp_available, why_not="kvi_engine._core lacks prefix_attention "
+                  "(rebuild the extension)")
+dispatch.register(OP, "triton", _triton, available=dispatch.triton_runnable, auto=dispatch.cuda_available,
+                  why_not="needs Triton and a CUDA device (or TRITON_INTERPRET=1 for CPU correctness runs)")
+
+_DEVICES = {"cpp": ("cpu",), "triton": ("cuda",)}
+
+
+def _runs_on(name: str, device: torch.device) -> bool:
+    if name == "triton" and os.environ.get("TRITON_INTERPRET") == "1":
+        return True
+    return device.type in _DEVICES.get(name, (device.type,))
+
+
+def select(device: torch.device, backend: str | None = None) -> tuple[str, object]:
+    """Backend for tensors on ``device``: a forced one must be able to run there; the automatic choice takes the
+    first preferred backend that can."""
+    name, fn = dispatch.select(OP, backend)
+    if _runs_on(name, device):
+        return name, fn
+    if dispatch.requested_backend(OP, backend) is not None:
+        raise dispatch.BackendUnavailable(f"backend {name!r} for op {OP!r} cannot run on {device} tensors")
+    for other in dispatch.PREFERENCE[dispatch.PREFERENCE.index(name) + 1:]:
+        try:
+            name, fn = dispatch.select(OP, other)
+        except dispatch.BackendUnavailable:
+            continue
+        if _runs_on(name, device):
+            return name, fn
+    raise dispatch.BackendUnavailable(f"no backend of op {OP!r} runs on {device} tensors")
 
 
 def prefix_attention(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, *, backend=None,
                      return_lse=False):
-    _, fn = dispatch.select(OP, backend)
+    _, fn = select(query.device, backend)
     return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=return_lse)

@@ -80,6 +80,35 @@ class InjectionPlan:
         self._cache[key] = out
         return out
 
+    def slot_tables(self, device) -> "SlotTables":
+        """The plan as fused kernels read it on ``device`` (built once, cached for the plan's life)."""
+        key = ("slot_tables", str(device))
+        if key not in self._cache:
+            B, p = self.batch_size, self.prefix_len
+            token = torch.cat([torch.arange(p).expand(B, p), self.token_index], dim=1)
+            position = torch.cat([torch.arange(p).expand(B, p), self.positions], dim=1)
+            valid = self.valid if self.layer_valid is None else self.valid & self.layer_valid
+            pre = torch.ones(*valid.shape[:-1], p, dtype=torch.bool)
+            visible = torch.cat([pre, valid], dim=-1).reshape(-1, B, p + valid.shape[-1])
+            inv_freq = torch.tensor(self.bank.rope["inv_freq"], dtype=torch.float32)
+            self._cache[key] = SlotTables(token.to(device, torch.int32).contiguous(),
+                                          position.to(device, torch.int32).contiguous(),
+                                          visible.to(device, torch.uint8).contiguous(), inv_freq.to(device),
+                                          float(self.bank.rope.get("attention_scaling", 1.0)), p)
+        return self._cache[key]
+
+    def rope_table(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[batch, prefix + slots, head_dim / 2]`` float32 on the CPU, computed as HF computes them
+        (float32 angles, then rounded to the activation ``dtype``), for kernels that do not evaluate them."""
+        key = ("rope_table", dtype)
+        if key not in self._cache:
+            t = self.slot_tables("cpu")
+            angles = t.position.float().unsqueeze(-1) * t.inv_freq
+            cos = (angles.cos() * t.attention_scaling).to(dtype).float().contiguous()
+            sin = (angles.sin() * t.attention_scaling).to(dtype).float().contiguous()
+            self._cache[key] = (cos, sin)
+        return self._cache[key]
+
     def _cos_sin(self, model, dtype, device):
         key = ("cos_sin", dtype, str(device))
         if key not in self._cache:
@@ -87,6 +116,20 @@ class InjectionPlan:
             pos = torch.cat([pre, self.positions], dim=1).to(device)
             self._cache[key] = rope.cos_sin(model, pos, dtype)
         return self._cache[key]
+
+
+@dataclass(frozen=True, slots=True)
+class SlotTables:
+    """Kernel view of a plan over its ``n = prefix_len + slots`` injected positions (the shared prefix first)."""
+    token: torch.Tensor      # [batch, n] int32: prefix token for slot < prefix_len, bank token index after
+    position: torch.Tensor   # [batch, n] int32: position the slot's key is rotated to
+    visible: torch.Tensor    # [num_layers or 1, batch, n] uint8: slot attended at that layer (1 = everywhere)
+    inv_freq: torch.Tensor   # [head_dim / 2] float32 RoPE inverse frequencies
+    attention_scaling: float  # cos/sin scale of the RoPE variant
+    prefix_len: int
+
+    def layer_visible(self, layer: int) -> torch.Tensor:
+        return self.visible[layer if self.visible.shape[0] > 1 else 0]
 
 
 def _layer_sets(num_layers: int, spec) -> list[bool]:

@@ -1,0 +1,311 @@
+// Fused prefix attention on the CPU: each query attends to its row's injected bank tokens (read in their storage
+// format, dequantised and RoPE-rotated to their slots on the fly), then to its own KV (causal or an explicit mask).
+// Returns the output and the log-sum-exp, so partial results merge exactly.
+//
+// Work items are (row, kv head, query tile): every item streams its row's injected keys/values once, in blocks of
+// kBlock slots, and reuses each block for all `group * tile` query rows of that kv head (GQA sharing). Inner loops
+// are axpy-shaped (no floating-point reductions) so -O3 vectorises them without -ffast-math.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kvi/parallel.h"
+
+namespace kvi::attn {
+
+enum class Format : int { f32 = 0, f16 = 1, bf16 = 2 };
+// Rounding applied to injected K/V as the reference does (it converts them to the activation dtype first).
+enum class Round : int { none = 0, f16 = 1, bf16 = 2 };
+
+inline float bits_to_float(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline uint32_t float_to_bits(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+
+inline float f16_to_float(uint16_t h) {
+    // Exact for normals and subnormals: shift the exponent/mantissa into place and rebias by 2^112.
+    const uint32_t em = h & 0x7fffu;
+    float f = bits_to_float(em << 13) * 0x1.0p+112f;
+    uint32_t u = float_to_bits(f);
+    if (em >= 0x7c00u) u |= 0x7f800000u;  // inf / nan
+    return bits_to_float(u | (static_cast<uint32_t>(h & 0x8000u) << 16));
+}
+
+inline float bf16_to_float(uint16_t h) { return bits_to_float(static_cast<uint32_t>(h) << 16); }
+
+inline float round_bf16(float f) {
+    uint32_t u = float_to_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return f;  // nan
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return bits_to_float(u & 0xffff0000u);
+}
+
+inline uint16_t float_to_f16(float f) {
+    // Round-to-nearest-even without branches on the value (FP16 library's formulation).
+    float base = (std::fabs(f) * 0x1.0p+112f) * 0x1.0p-110f;
+    const uint32_t w = float_to_bits(f), shl1_w = w + w, sign = w & 0x80000000u;
+    uint32_t bias = shl1_w & 0xff000000u;
+    if (bias < 0x71000000u) bias = 0x71000000u;
+    base = bits_to_float((bias >> 1) + 0x07800000u) + base;
+    const uint32_t bits = float_to_bits(base);
+    const uint32_t nonsign = ((bits >> 13) & 0x7c00u) + (bits & 0x0fffu);
+    return static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xff000000u ? 0x7e00u : nonsign));
+}
+
+inline float round_f16(float f) { return f16_to_float(float_to_f16(f)); }
+
+// One layer's keys or values in storage: [tokens, kv_heads, head_dim].
+struct Source {
+    const void* codes = nullptr;
+    Format format = Format::f32;
+    int64_t tokens = 0;
+};
+
+struct Problem {
+    int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0;
+    int64_t num_slots = 0;   // prefix_len + injected slots: the width of the slot tables
+    int64_t prefix_len = 0;
+    const float* query = nullptr;    // [batch, q_heads, q_len, head_dim]
+    const float* own_k = nullptr;    // [batch, kv_heads, kv_len, head_dim]
+    const float* own_v = nullptr;
+    const uint8_t* own_mask = nullptr;  // [batch, q_len, kv_len], nonzero = attend; null = causal
+    Source bank_k, bank_v, prefix_k, prefix_v;
+    const int32_t* token = nullptr;    // [batch, num_slots]: prefix token (slot < prefix_len) or bank token
+    const uint8_t* visible = nullptr;  // [batch, num_slots]
+    const float* cos = nullptr;        // [batch, num_slots, head_dim / 2]
+    const float* sin = nullptr;
+    float scale = 1.0f;
+    Round round = Round::none;
+    float* out = nullptr;  // [batch, q_heads, q_len, head_dim]
+    float* lse = nullptr;  // [batch, q_heads, q_len]
+};
+
+inline void validate(const Problem& p) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument("prefix_attention: " + m); };
+    if (p.batch < 1 || p.q_heads < 1 || p.kv_heads < 1 || p.q_len < 0 || p.kv_len < 0 || p.num_slots < 0)
+        fail("empty or negative dimension");
+    if (p.q_heads % p.kv_heads) fail("q_heads " + std::to_string(p.q_heads) + " is not a multiple of kv_heads " +
+                                     std::to_string(p.kv_heads));
+    if (p.head_dim < 2 || p.head_dim % 2) fail("head_dim must be even, got " + std::to_string(p.head_dim));
+    if (p.prefix_len < 0 || p.prefix_len > p.num_slots) fail("prefix_len exceeds the slot table width");
+    if (p.prefix_k.tokens != p.prefix_len || p.prefix_v.tokens != p.prefix_len)
+        fail("prefix K/V hold " + std::to_string(p.prefix_k.tokens) + " tokens, the plan expects " +
+             std::to_string(p.prefix_len));
+    if (p.bank_k.tokens != p.bank_v.tokens) fail("bank K and V hold different token counts");
+    for (int64_t b = 0; b < p.batch; ++b)
+        for (int64_t j = 0; j < p.num_slots; ++j) {
+            const int64_t i = b * p.num_slots + j;
+            if (!p.visible[i]) continue;
+            const int64_t limit = j < p.prefix_len ? p.prefix_len : p.bank_k.tokens;
+            if (p.token[i] < 0 || p.token[i] >= limit)
+                fail("slot " + std::to_string(j) + " of row " + std::to_string(b) + " reads token " +
+                     std::to_string(p.token[i]) + ", outside [0, " + std::to_string(limit) + ")");
+        }
+}
+
+template <Format F>
+inline void load_row(const Source& s, int64_t offset, int64_t n, float* dst) {
+    if constexpr (F == Format::f32) {
+        const float* x = static_cast<const float*>(s.codes) + offset;
+        for (int64_t d = 0; d < n; ++d) dst[d] = x[d];
+    } else if constexpr (F == Format::f16) {
+        const uint16_t* x = static_cast<const uint16_t*>(s.codes) + offset;
+        for (int64_t d = 0; d < n; ++d) dst[d] = f16_to_float(x[d]);
+    } else {
+        const uint16_t* x = static_cast<const uint16_t*>(s.codes) + offset;
+        for (int64_t d = 0; d < n; ++d) dst[d] = bf16_to_float(x[d]);
+    }
+}
+
+inline void round_row(Round r, float* x, int64_t n) {
+    if (r == Round::f16)
+        for (int64_t d = 0; d < n; ++d) x[d] = round_f16(x[d]);
+    else if (r == Round::bf16)
+        for (int64_t d = 0; d < n; ++d) x[d] = round_bf16(x[d]);
+}
+
+constexpr int64_t kBlock = 64;    // slots per block: kT is head_dim x kBlock floats
+constexpr int64_t kRowsTarget = 64;  // query rows (group x tile) sharing one pass over the keys
+
+struct Workspace {
+    std::vector<float> q, acc, s, kT, v, m, l, row;
+    void resize(int64_t rows, int64_t D) {
+        q.resize(rows * D), acc.resize(rows * D), s.resize(rows * kBlock), kT.resize(D * kBlock);
+        v.resize(kBlock * D), m.resize(rows), l.resize(rows), row.resize(2 * D);
+    }
+};
+
+// Online-softmax update of `rows` query rows with a block of nb keys (kT: [D][kBlock]) and values (v: [nb][D]).
+// mask(r, n) -> false hides key n from row r.
+template <class Mask>
+inline void attend_block(Workspace& w, int64_t rows, int64_t nb, int64_t D, float scale, const float* v, Mask&& mask) {
+    const float ninf = -std::numeric_limits<float>::infinity();
+    for (int64_t r = 0; r < rows; ++r) {
+        float* sr = w.s.data() + r * kBlock;
+        const float* qr = w.q.data() + r * D;
+        for (int64_t n = 0; n < nb; ++n) sr[n] = 0.0f;
+        for (int64_t d = 0; d < D; ++d) {
+            const float qd = qr[d];
+            const float* kd = w.kT.data() + d * kBlock;
+            for (int64_t n = 0; n < nb; ++n) sr[n] += qd * kd[n];
+        }
+        float bmax = ninf;
+        for (int64_t n = 0; n < nb; ++n) {
+            sr[n] = mask(r, n) ? sr[n] * scale : ninf;
+            bmax = std::max(bmax, sr[n]);
+        }
+        const float m_new = std::max(w.m[r], bmax);
+        if (m_new == ninf) continue;
+        const float corr = w.m[r] == ninf ? 0.0f : std::exp(w.m[r] - m_new);
+        float sum = 0.0f;
+        for (int64_t n = 0; n < nb; ++n) {
+            sr[n] = std::exp(sr[n] - m_new);
+            sum += sr[n];
+        }
+        w.l[r] = w.l[r] * corr + sum;
+        w.m[r] = m_new;
+        float* ar = w.acc.data() + r * D;
+        if (corr != 1.0f)
+            for (int64_t d = 0; d < D; ++d) ar[d] *= corr;
+        for (int64_t n = 0; n < nb; ++n) {
+            const float pn = sr[n];
+            if (pn == 0.0f) continue;
+            const float* vn = v + n * D;
+            for (int64_t d = 0; d < D; ++d) ar[d] += pn * vn[d];
+        }
+    }
+}
+
+template <Format F, Format P>
+void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, int64_t q1) {
+    const int64_t D = p.head_dim, half = D / 2, group = p.q_heads / p.kv_heads, tile = q1 - q0;
+    const int64_t rows = group * tile;
+    const float ninf = -std::numeric_limits<float>::infinity();
+    for (int64_t g = 0; g < group; ++g)
+        for (int64_t i = 0; i < tile; ++i)
+            std::memcpy(w.q.data() + (g * tile + i) * D,
+                        p.query + (((b * p.q_heads + h * group + g) * p.q_len) + q0 + i) * D, D * sizeof(float));
+    std::fill(w.acc.begin(), w.acc.begin() + rows * D, 0.0f);
+    std::fill(w.m.begin(), w.m.begin() + rows, ninf);
+    std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
+
+    // Injected slots: gather visible ones into blocks, dequantise, rotate, attend.
+    const int32_t* tok = p.token + b * p.num_slots;
+    const uint8_t* vis = p.visible + b * p.num_slots;
+    float* k = w.row.data();
+    int64_t nb = 0;
+    auto flush = [&]() {
+        attend_block(w, rows, nb, D, p.scale, w.v.data(), [](int64_t, int64_t) { return true; });
+        nb = 0;
+    };
+    for (int64_t j = 0; j < p.num_slots; ++j) {
+        if (!vis[j]) continue;
+        const bool pre = j < p.prefix_len;
+        const int64_t off = (static_cast<int64_t>(tok[j]) * p.kv_heads + h) * D;
+        if (pre) load_row<P>(p.prefix_k, off, D, k), load_row<P>(p.prefix_v, off, D, w.v.data() + nb * D);
+        else load_row<F>(p.bank_k, off, D, k), load_row<F>(p.bank_v, off, D, w.v.data() + nb * D);
+        round_row(p.round, k, D);
+        round_row(p.round, w.v.data() + nb * D, D);
+        const float* c = p.cos + (b * p.num_slots + j) * half;
+        const float* s = p.sin + (b * p.num_slots + j) * half;
+        float* kr = k + D;
+        for (int64_t d = 0; d < half; ++d) {
+            kr[d] = k[d] * c[d] - k[d + half] * s[d];
+            kr[d + half] = k[d + half] * c[d] + k[d] * s[d];
+        }
+        round_row(p.round, kr, D);
+        for (int64_t d = 0; d < D; ++d) w.kT[d * kBlock + nb] = kr[d];
+        if (++nb == kBlock) flush();
+    }
+    if (nb) flush();
+
+    // Own KV: causal (query i sits at kv position kv_len - q_len + i) or the explicit mask.
+    const int64_t shift = p.kv_len - p.q_len;
+    const int64_t end = p.own_mask ? p.kv_len : std::min(p.kv_len, std::max<int64_t>(0, q1 + shift));
+    const float* ok = p.own_k + (b * p.kv_heads + h) * p.kv_len * D;
+    const float* ov = p.own_v + (b * p.kv_heads + h) * p.kv_len * D;
+    for (int64_t j0 = 0; j0 < end; j0 += kBlock) {
+        const int64_t n = std::min(kBlock, end - j0);
+        for (int64_t t = 0; t < n; ++t)
+            for (int64_t d = 0; d < D; ++d) w.kT[d * kBlock + t] = ok[(j0 + t) * D + d];
+        if (p.own_mask) {
+            const uint8_t* mb = p.own_mask + b * p.q_len * p.kv_len;
+            attend_block(w, rows, n, D, p.scale, ov + j0 * D,
+                         [&](int64_t r, int64_t t) { return mb[(q0 + r % tile) * p.kv_len + j0 + t] != 0; });
+        } else {
+            attend_block(w, rows, n, D, p.scale, ov + j0 * D,
+                         [&](int64_t r, int64_t t) { return j0 + t <= q0 + r % tile + shift; });
+        }
+    }
+
+    for (int64_t g = 0; g < group; ++g)
+        for (int64_t i = 0; i < tile; ++i) {
+            const int64_t r = g * tile + i, hq = h * group + g;
+            const int64_t o = (b * p.q_heads + hq) * p.q_len + q0 + i;
+            const float l = w.l[r];
+            float* dst = p.out + o * D;
+            const float* ar = w.acc.data() + r * D;
+            if (l > 0.0f) {
+                const float inv = 1.0f / l;
+                for (int64_t d = 0; d < D; ++d) dst[d] = ar[d] * inv;
+                p.lse[o] = w.m[r] + std::log(l);
+            } else {
+                for (int64_t d = 0; d < D; ++d) dst[d] = 0.0f;
+                p.lse[o] = ninf;
+            }
+        }
+}
+
+template <Format F, Format P>
+void run_formats(const Problem& p, int threads) {
+    const int64_t group = p.q_heads / p.kv_heads;
+    const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(p.q_len, kRowsTarget / group));
+    const int64_t tiles = (p.q_len + tile - 1) / tile;
+    const int64_t items = p.batch * p.kv_heads * tiles;
+    const int workers = resolve_threads(threads, items);
+    std::vector<Workspace> ws(workers);
+    for (auto& w : ws) w.resize(group * tile, p.head_dim);
+    parallel_for(items, workers, [&](int worker, int64_t item) {
+        const int64_t t = item % tiles, bh = item / tiles;
+        const int64_t q0 = t * tile, q1 = std::min(p.q_len, q0 + tile);
+        run_item<F, P>(p, ws[worker], bh / p.kv_heads, bh % p.kv_heads, q0, q1);
+    });
+}
+
+template <Format F>
+void run_bank_format(const Problem& p, int threads) {
+    switch (p.prefix_k.format) {
+        case Format::f32: return run_formats<F, Format::f32>(p, threads);
+        case Format::f16: return run_formats<F, Format::f16>(p, threads);
+        case Format::bf16: return run_formats<F, Format::bf16>(p, threads);
+    }
+    throw std::invalid_argument("prefix_attention: unknown prefix format");
+}
+
+inline void prefix_attention(const Problem& p, int threads) {
+    validate(p);
+    if (p.q_len == 0) return;
+    if (p.prefix_k.format != p.prefix_v.format || p.bank_k.format != p.bank_v.format)
+        throw std::invalid_argument("prefix_attention: K and V must share a storage format");
+    switch (p.bank_k.format) {
+        case Format::f32: return run_bank_format<Format::f32>(p, threads);
+        case Format::f16: return run_bank_format<Format::f16>(p, threads);
+        case Format::bf16: return run_bank_format<Format::bf16>(p, threads);
+    }
+    throw std::invalid_argument("prefix_attention: unknown bank format");
+}
+
+}  // namespace kvi::attn
