@@ -121,3 +121,33 @@ def test_rule_extractor_active_voice_literals_and_open_mode():
         (("Aldermere Institute", "founded_in", "1987"), "d:s2")]
     open_ = RuleExtractor(ents, require_known_entities=False).extract(s[2:])
     assert [c.triple for c in open_] == [("Aldermere Institute", "headquartered_in", "valley near Lurov")]
+
+
+def test_build_and_save_assets_round_trip(tmp_path):
+    from kvi_engine.ingest import build_assets, save_assets
+
+    d = sample_dir()
+    assets = build_assets(load_documents(d / "docs.jsonl"), load_entities(d / "entities.jsonl"))
+    paths = save_assets(assets, tmp_path / "assets")
+    assert [c.triple for c in load_capsules(paths["capsules"])] == [c.triple for c in load_capsules(d / "capsules.jsonl")]
+    assert len(SentenceStore.load(paths["sentences"])) == len(assets.store)
+    assert {e.name for e in load_entities(paths["entities"])} == {e.name for e in load_entities(d / "entities.jsonl")}
+
+
+def test_assets_come_from_documents_only_never_from_a_qa_set(tmp_path):
+    """A QA file is not a document source, and a (deliberately false) gold answer never becomes a capsule."""
+    from kvi_engine.ingest import build_assets
+
+    d = sample_dir()
+    with pytest.raises(DocumentFormatError, match=r"questions.jsonl:1: unknown field"):
+        load_documents(d / "questions.jsonl")
+    (tmp_path / "docs.jsonl").write_text((d / "docs.jsonl").read_text())
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"id": "x", "question": "Who founded Quillon Biotech?", "answers": ["Mira Castellane"]}))
+    with pytest.raises(DocumentFormatError, match=r"qa.jsonl:1: unknown field"):
+        load_documents(tmp_path)  # a QA file dropped into the corpus directory is refused, not ingested
+    assets = build_assets(load_documents(tmp_path / "docs.jsonl"), load_entities(d / "entities.jsonl"))
+    triples = {c.triple for c in assets.capsules}
+    assert ("Quillon Biotech", "founded_by", "Mira Castellane") not in triples
+    assert all(c.sentence_id.split(":")[0].startswith("doc") for c in assets.capsules)
+    assert not any("?" in s.text for s in assets.store)

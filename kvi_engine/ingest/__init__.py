@@ -4,6 +4,7 @@ from pathlib import Path
 from kvi_engine.ingest.documents import Document, DocumentFormatError, load_documents
 from kvi_engine.ingest.entities import AliasTable, canonicalize_capsules, merge_entities, normalize
 from kvi_engine.ingest.llm import Extraction, LLMExtractor, Rejection, parse_triples
+from kvi_engine.ingest.pipeline import Assets, build_assets, save_assets
 from kvi_engine.ingest.rules import RuleExtractor
 from kvi_engine.ingest.sentences import Sentence, document_sentences, split_sentences
 from kvi_engine.ingest.store import SentenceStore, SentenceStoreError, sentence_store_from_documents
@@ -14,7 +15,7 @@ def sample_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
-__all__ = ["AliasTable", "Document", "DocumentFormatError", "Extraction", "LLMExtractor", "Rejection", "RuleExtractor",
+__all__ = ["Assets", "build_assets", "save_assets", "AliasTable", "Document", "DocumentFormatError", "Extraction", "LLMExtractor", "Rejection", "RuleExtractor",
            "Sentence", "SentenceStore", "SentenceStoreError", "canonicalize_capsules", "document_sentences",
            "load_documents", "merge_entities", "normalize", "parse_triples", "sample_dir",
            "sentence_store_from_documents", "split_sentences"]
