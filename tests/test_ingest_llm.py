@@ -70,10 +70,12 @@ def test_tiny_random_model_end_to_end():
     models = pytest.importorskip("kvi_engine.models")
     tok = models.tiny_tokenizer()
     model = models.tiny_model("qwen2", tok)
+    tok.pad_token = None  # like Llama tokenizers: the extractor pads with eos for the call and restores the state
     sents = [S, Sentence("doc06:s2", "doc06", "Grellan fever is treated by Velotrex.")]
     ex = LLMExtractor(model, tok, relations=RELS, entities=[Entity("Grellan virus")], batch_size=2,
                       max_new_tokens=12)
     got = ex.extract(sents)
+    assert tok.pad_token is None and tok.padding_side == "left"
     # random weights: whatever came out, every sentence is accounted for and nothing unvalidated slipped through
     ids = {r.sentence_id for r in got.rejections} | {c.sentence_id for c in got.capsules}
     assert ids <= {s.id for s in sents}

@@ -118,16 +118,24 @@ class LLMExtractor:
     @torch.inference_mode()
     def generate(self, prompts: list[str]) -> list[str]:
         tok = self.tokenizer
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if pad_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token; cannot batch prompts")
         side, tok.padding_side = tok.padding_side, "left"
+        saved_pad = tok.pad_token
         try:
+            if tok.pad_token is None:  # e.g. Llama tokenizers: pad with eos for this call only
+                tok.pad_token = tok.eos_token
             enc = tok(prompts, return_tensors="pt", padding=True)
         finally:
             tok.padding_side = side
+            if saved_pad is None:
+                tok.pad_token = None
         device = next(self.model.parameters()).device
         out = self.model.generate(input_ids=enc["input_ids"].to(device),
                                   attention_mask=enc["attention_mask"].to(device),
                                   max_new_tokens=self.max_new_tokens, do_sample=False,
-                                  pad_token_id=tok.pad_token_id)
+                                  pad_token_id=pad_id)
         return tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def extract(self, sentences: Iterable[Sentence]) -> Extraction:
