@@ -49,16 +49,11 @@ def load_contexts(path: str | os.PathLike) -> list[str]:
     return texts
 
 
-def surface_forms(entities: Sequence[Entity]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Linker dictionary: every name and alias -> its entity row; a form shared by k entities has prior 1/k."""
+def surface_forms(entities: Sequence[Entity]) -> tuple[list[str], np.ndarray]:
+    """Linker rows: every name and alias -> its entity row. Priors are left to the linker: a name shared (after its
+    normalisation) by k entities gives each prior 1/k."""
     forms = [(form, i) for i, e in enumerate(entities) for form in dict.fromkeys(e.names)]
-    counts: dict[str, int] = {}
-    for form, _ in forms:
-        counts[form.casefold()] = counts.get(form.casefold(), 0) + 1
-    names = [f for f, _ in forms]
-    ids = np.array([i for _, i in forms], dtype=np.int64)
-    priors = np.array([1.0 / counts[f.casefold()] for f in names], dtype=np.float32)
-    return names, ids, priors
+    return [f for f, _ in forms], np.array([i for _, i in forms], dtype=np.int64)
 
 
 def build_linker(entities: Sequence[Entity]):
@@ -178,9 +173,7 @@ def build_knowledge(out_dir: str | os.PathLike, entities: Sequence[Entity], enco
     meta = TableMeta(dim=dim, norm=norm, source="contexts+anchors", encoder=encoder_key)
     os.replace(partial, out_dir / TABLE_FILE)
     write_vocab(out_dir / VOCAB_FILE, [e.name for e in entities], fps, meta)
-    tmp_linker = out_dir / f".{LINKER_FILE}.tmp-{os.getpid()}"
-    linker.save(str(tmp_linker))
-    os.replace(tmp_linker, out_dir / LINKER_FILE)
+    linker.save(out_dir / LINKER_FILE)
     fsync_dir(out_dir)
     shutil.rmtree(state)
     return stats

@@ -41,31 +41,41 @@ class TrainConfig:
 
 
 class _Texts:
-    """Encoder features for a fixed text list: cached pooled vectors (frozen encoder) or live forward."""
+    """Features of a fixed text list. Frozen encoder: pooled vectors and entity slots are computed once and a step
+    only pads slots and runs the fusion layer; otherwise every step tokenizes and runs the whole model."""
 
     def __init__(self, model, tokenizer, texts: list[str], cache: bool, max_length: int = 256, chunk: int = 64):
         self.model, self.tokenizer, self.texts, self.max_length = model, tokenizer, texts, max_length
-        self.pooled = None
+        self.pooled, self.slots = None, []
         if cache:
+            pooled = []
             with torch.inference_mode():
-                self.pooled = torch.cat([self._pooled(texts[s:s + chunk]) for s in tqdm(
-                    range(0, len(texts), chunk), desc="encode (frozen)", leave=False)])
+                for s in tqdm(range(0, len(texts), chunk), desc="encode (frozen)", leave=False):
+                    f = self._features(texts[s:s + chunk])
+                    h = model.encoder(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).last_hidden_state
+                    pooled.append(model.pool(h, f["attention_mask"]))
+                    for e, p, m in zip(f["entity_embeds"], f["entity_position_ids"], f["entity_attention_mask"]):
+                        keep = m.bool()
+                        self.slots.append((e[keep].clone(), p[keep].clone()))
+            self.pooled = torch.cat(pooled)
 
     def _features(self, texts):
         return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
-    def _pooled(self, texts):
-        f = self._features(texts)
-        h = self.model.encoder(input_ids=f["input_ids"], attention_mask=f["attention_mask"]).last_hidden_state
-        return self.model.pool(h, f["attention_mask"])
-
     def embed(self, idx: list[int]) -> torch.Tensor:
-        texts = [self.texts[i] for i in idx]
-        f = self._features(texts)
         if self.pooled is None:
-            return self.model(**f).sentence_embedding
-        return self.model.fuse(self.pooled[idx], f["entity_embeds"], f["entity_position_ids"],
-                               f["entity_attention_mask"])
+            return self.model(**self._features([self.texts[i] for i in idx])).sentence_embedding
+        slots = [self.slots[i] for i in idx]
+        e = max(len(s[0]) for s in slots)
+        m = max((s[1].shape[1] for s in slots if len(s[1])), default=1)
+        embeds = torch.zeros(len(idx), e, self.model.config.entity_dim)
+        pos = torch.full((len(idx), e, m), -1, dtype=torch.long)
+        mask = torch.zeros(len(idx), e, dtype=torch.long)
+        for row, (v, p) in enumerate(slots):
+            embeds[row, :len(v)] = v
+            pos[row, :len(v), :p.shape[1]] = p
+            mask[row, :len(v)] = 1
+        return self.model.fuse(self.pooled[idx], embeds, pos, mask)
 
 
 def train(model, tokenizer, train_path, corpus_path, out_dir, cfg: TrainConfig) -> list[dict]:
