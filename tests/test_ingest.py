@@ -129,7 +129,8 @@ def test_build_and_save_assets_round_trip(tmp_path):
     d = sample_dir()
     assets = build_assets(load_documents(d / "docs.jsonl"), load_entities(d / "entities.jsonl"))
     paths = save_assets(assets, tmp_path / "assets")
-    assert [c.triple for c in load_capsules(paths["capsules"])] == [c.triple for c in load_capsules(d / "capsules.jsonl")]
+    saved, shipped = load_capsules(paths["capsules"]), load_capsules(d / "capsules.jsonl")
+    assert [c.triple for c in saved] == [c.triple for c in shipped]
     assert len(SentenceStore.load(paths["sentences"])) == len(assets.store)
     assert {e.name for e in load_entities(paths["entities"])} == {e.name for e in load_entities(d / "entities.jsonl")}
 

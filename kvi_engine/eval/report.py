@@ -37,7 +37,7 @@ class EvalReport:
     dataset: str
     reference: str | None
     methods: list[MethodResult]
-    items: list[dict] = field(default_factory=list)  # per item: id, question, answers, hops, method -> prediction/scores
+    items: list[dict] = field(default_factory=list)  # id, question, answers, hops, method -> prediction + scores
     config: dict = field(default_factory=dict)
     version: int = REPORT_VERSION
 

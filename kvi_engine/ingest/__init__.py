@@ -15,7 +15,7 @@ def sample_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "data" / "sample"
 
 
-__all__ = ["Assets", "build_assets", "save_assets", "AliasTable", "Document", "DocumentFormatError", "Extraction", "LLMExtractor", "Rejection", "RuleExtractor",
-           "Sentence", "SentenceStore", "SentenceStoreError", "canonicalize_capsules", "document_sentences",
-           "load_documents", "merge_entities", "normalize", "parse_triples", "sample_dir",
-           "sentence_store_from_documents", "split_sentences"]
+__all__ = ["AliasTable", "Assets", "build_assets", "canonicalize_capsules", "Document", "document_sentences",
+           "DocumentFormatError", "Extraction", "LLMExtractor", "load_documents", "merge_entities", "normalize",
+           "parse_triples", "Rejection", "RuleExtractor", "sample_dir", "save_assets", "Sentence",
+           "sentence_store_from_documents", "SentenceStore", "SentenceStoreError", "split_sentences"]

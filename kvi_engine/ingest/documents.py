@@ -43,7 +43,8 @@ def _jsonl_documents(path: Path) -> list[Document]:
                 raise DocumentFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             unknown = set(obj) - _JSONL_KEYS
             if unknown:
-                raise DocumentFormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_JSONL_KEYS)}")
+                raise DocumentFormatError(f"{where}: unknown field(s) {sorted(unknown)}; "
+                                          f"allowed: {sorted(_JSONL_KEYS)}")
             for key in ("id", "text"):
                 if not isinstance(obj.get(key), str) or not obj[key].strip():
                     raise DocumentFormatError(f"{where}: {key!r} must be a non-empty string")

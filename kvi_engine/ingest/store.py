@@ -78,7 +78,8 @@ class SentenceStore:
             raise SentenceStoreError(f"{path}: sentence store is corrupt (SHA-256 mismatch); re-run ingestion")
         sentences = [Sentence(**json.loads(line)) for line in body.splitlines() if line]
         if len(sentences) != header.get("count"):
-            raise SentenceStoreError(f"{path}: header says {header.get('count')} sentences, file holds {len(sentences)}")
+            raise SentenceStoreError(f"{path}: header says {header.get('count')} sentences, "
+                                     f"file holds {len(sentences)}")
         return cls(sentences)
 
 

@@ -8,7 +8,7 @@ from kvi_engine.retrieval.intent import DEFAULT_INTENTS, Intent, IntentClassifie
 from kvi_engine.retrieval.pipeline import NO_ENTITY, CapsuleRetriever, Retrieval, RetrievalConfig
 from kvi_engine.retrieval.text import content_tokens
 
-__all__ = ["CapsuleRetriever", "NO_ENTITY", "Retrieval", "RetrievalConfig", "DEFAULT_INTENTS", "DRMConfig", "DRMScorer", "DenseIndex", "Encoder", "GroundedAnswer", "GroundingFilter",
-           "Hit", "Intent", "IntentClassifier", "IntentMatch", "Judgement", "MiniLMEncoder", "ScoredCapsule",
-           "Selection", "content_tokens", "default_encoder", "lexical_overlap", "load_intents", "minilm_path",
-           "select_capsules"]
+__all__ = ["CapsuleRetriever", "content_tokens", "default_encoder", "DEFAULT_INTENTS", "DenseIndex", "DRMConfig",
+           "DRMScorer", "Encoder", "GroundedAnswer", "GroundingFilter", "Hit", "Intent", "IntentClassifier",
+           "IntentMatch", "Judgement", "lexical_overlap", "load_intents", "minilm_path", "MiniLMEncoder", "NO_ENTITY",
+           "Retrieval", "RetrievalConfig", "ScoredCapsule", "select_capsules", "Selection"]

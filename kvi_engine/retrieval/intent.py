@@ -159,7 +159,8 @@ def load_intents(path: str | os.PathLike) -> tuple[Intent, ...]:
             raise ValueError(f"{path}: intent #{n} is not an object")
         unknown = set(obj) - _INTENT_KEYS
         if unknown:
-            raise ValueError(f"{path}: intent #{n}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_INTENT_KEYS)}")
+            raise ValueError(f"{path}: intent #{n}: unknown field(s) {sorted(unknown)}; "
+                             f"allowed: {sorted(_INTENT_KEYS)}")
         try:
             out.append(Intent(obj.get("name", ""), frozenset(obj.get("relations", ())), tuple(obj.get("patterns", ())),
                               tuple(obj.get("examples", ()))))
