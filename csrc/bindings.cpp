@@ -7,6 +7,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -77,6 +78,7 @@ class PyGraph {
         g_.in_triples = array_data<int32_t>(in_triples, "in_triples", t);
         py::gil_scoped_release nogil;
         kvi::validate(g_);
+        columns_.build(g_);
     }
 
     py::tuple traverse_batch(py::array seeds, py::array seeds_indptr, int64_t max_hops, std::optional<py::array> allowed,
@@ -110,50 +112,77 @@ class PyGraph {
             p.allowed = static_cast<const uint8_t*>(a.data());
             p.allowed_rows = a.shape(0);
         }
-        std::vector<kvi::TraversalOut> results(num_queries);
+        // Each worker appends to its own pooled buffer (capacity kept across calls: no page faults, no per-query
+        // vectors); the spans are then copied once, in query order, into the output arrays.
+        struct Span { int worker; int64_t begin, size; };
+        std::vector<Span> spans(num_queries);
+        std::vector<std::unique_ptr<Worker>> ws;
+        int64_t total = 0;
         {
             py::gil_scoped_release nogil;
             const int workers = kvi::resolve_threads(num_threads, num_queries / 16 + 1);
-            std::vector<std::unique_ptr<kvi::TraverseWorkspace>> ws = acquire(workers);
+            ws = acquire(workers);
             kvi::parallel_for(num_queries, workers, [&](int w, int64_t q) {
-                ws[w]->traverse(g_, p, s + qptr[q], qptr[q + 1] - qptr[q], results[q]);
+                auto& buf = ws[w]->out;
+                const int64_t begin = static_cast<int64_t>(buf.triples.size());
+                ws[w]->traversal.traverse(g_, p, s + qptr[q], qptr[q + 1] - qptr[q], buf);
+                spans[q] = {w, begin, static_cast<int64_t>(buf.triples.size()) - begin};
             });
+            for (const Span& sp : spans) total += sp.size;
+        }
+        py::array_t<int64_t> indptr(num_queries + 1), triples(total), parents(total);
+        py::array_t<int32_t> hops(total);
+        {
+            py::gil_scoped_release nogil;
+            int64_t* ip = indptr.mutable_data();
+            int64_t *tp = triples.mutable_data(), *pp = parents.mutable_data();
+            int32_t* hp = hops.mutable_data();
+            ip[0] = 0;
+            for (int64_t q = 0; q < num_queries; ++q) {
+                const Span& sp = spans[q];
+                const auto& buf = ws[sp.worker]->out;
+                std::copy_n(buf.triples.data() + sp.begin, sp.size, tp + ip[q]);
+                std::copy_n(buf.hops.data() + sp.begin, sp.size, hp + ip[q]);
+                std::copy_n(buf.parents.data() + sp.begin, sp.size, pp + ip[q]);
+                ip[q + 1] = ip[q] + sp.size;
+            }
             release(std::move(ws));
         }
-        std::vector<int64_t> indptr{0};
-        std::vector<std::vector<int64_t>*> t, par;
-        std::vector<std::vector<int32_t>*> h;
-        for (auto& r : results) {
-            indptr.push_back(indptr.back() + static_cast<int64_t>(r.triples.size()));
-            t.push_back(&r.triples), h.push_back(&r.hops), par.push_back(&r.parents);
-        }
-        return py::make_tuple(to_numpy(std::move(indptr)), to_numpy(concat(t)), to_numpy(concat(h)), to_numpy(concat(par)));
+        return py::make_tuple(indptr, triples, hops, parents);
     }
 
     int64_t num_entities() const { return g_.num_entities; }
     int64_t num_triples() const { return g_.num_triples; }
     int64_t num_relations() const { return g_.num_relations; }
+    size_t memory_bytes() const { return columns_.out_far.size() * 16; }
 
   private:
-    // Workspaces (graph-sized mark arrays) are pooled across calls: a query never allocates them anew.
-    std::vector<std::unique_ptr<kvi::TraverseWorkspace>> acquire(int n) {
+    // Workspaces (graph-sized mark arrays, output buffers) are pooled across calls: a query never allocates
+    // them anew. Concurrent calls (the GIL is released) each take their own.
+    struct Worker {
+        kvi::TraverseWorkspace traversal;
+        kvi::TraversalOut out;
+    };
+    std::vector<std::unique_ptr<Worker>> acquire(int n) {
         std::lock_guard<std::mutex> lock(pool_mutex_);
-        std::vector<std::unique_ptr<kvi::TraverseWorkspace>> out;
+        std::vector<std::unique_ptr<Worker>> out;
         while (static_cast<int>(out.size()) < n) {
-            if (pool_.empty()) out.push_back(std::make_unique<kvi::TraverseWorkspace>());
+            if (pool_.empty()) out.push_back(std::make_unique<Worker>());
             else out.push_back(std::move(pool_.back())), pool_.pop_back();
+            out.back()->out.triples.clear(), out.back()->out.hops.clear(), out.back()->out.parents.clear();
         }
         return out;
     }
-    void release(std::vector<std::unique_ptr<kvi::TraverseWorkspace>>&& ws) {
+    void release(std::vector<std::unique_ptr<Worker>>&& ws) {
         std::lock_guard<std::mutex> lock(pool_mutex_);
         for (auto& w : ws) pool_.push_back(std::move(w));
     }
 
     std::vector<py::array> arrays_;  // keeps the viewed buffers alive
     kvi::GraphView g_;
+    kvi::EdgeColumns columns_;
     std::mutex pool_mutex_;
-    std::vector<std::unique_ptr<kvi::TraverseWorkspace>> pool_;
+    std::vector<std::unique_ptr<Worker>> pool_;
 };
 
 static void bind_graph(py::module_& m) {
@@ -186,7 +215,9 @@ static void bind_graph(py::module_& m) {
              "(indptr int64[Q+1], triple_ids int64[M], hops int32[M], parents int64[M]).")
         .def_property_readonly("num_entities", &PyGraph::num_entities)
         .def_property_readonly("num_triples", &PyGraph::num_triples)
-        .def_property_readonly("num_relations", &PyGraph::num_relations);
+        .def_property_readonly("num_relations", &PyGraph::num_relations)
+        .def_property_readonly("memory_bytes", &PyGraph::memory_bytes,
+                               "Bytes the core owns beyond the viewed arrays (derived edge columns).");
 }
 
 // ---------------------------------------------------------------------------------------------- linker
@@ -277,6 +308,135 @@ static void bind_linker(py::module_& m) {
         .def_property_readonly("num_keys", &kvi::Linker::num_keys)
         .def_property_readonly("num_nodes", &kvi::Linker::num_nodes)
         .def_property_readonly("memory_bytes", &kvi::Linker::memory_bytes);
+}
+
+// ----------------------------------------------------------------------------------------------- attention
+
+// Checked view of an N-D C-contiguous array; shape entries < 0 match any size.
+const void* nd_raw(const py::array& a, const char* name, const py::dtype& dtype, const std::vector<int64_t>& shape) {
+    if (!a.dtype().is(dtype))
+        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(dtype)) + ", got " +
+                             std::string(py::str(a.dtype())));
+    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+    for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
+    if (!ok) {
+        std::string want = "[", got = "[";
+        for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
+        for (py::ssize_t i = 0; i < a.ndim(); ++i) got += (i ? ", " : "") + std::to_string(a.shape(i));
+        throw std::invalid_argument(std::string(name) + ": expected shape " + want + "], got " + got + "]");
+    }
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": array must be C-contiguous");
+    return a.data();
+}
+
+template <class T>
+const T* nd_data(const py::array& a, const char* name, const std::vector<int64_t>& shape) {
+    return static_cast<const T*>(nd_raw(a, name, py::dtype::of<T>(), shape));
+}
+
+static const py::dtype& half_or_bits(const py::array& a) {
+    static const py::dtype f16("float16"), u16 = py::dtype::of<uint16_t>();
+    return a.dtype().is(f16) ? f16 : u16;  // numpy float16, or fp16/bf16 bits as uint16
+}
+
+static const std::map<std::string, kvi::attn::Format>& formats() {
+    using F = kvi::attn::Format;
+    static const std::map<std::string, F> m{{"fp32", F::f32}, {"fp16", F::f16}, {"bf16", F::bf16}, {"int8", F::i8},
+                                            {"int4", F::i4},  {"int2", F::i2},  {"fp8", F::fp8}};
+    return m;
+}
+
+// Codes [tokens, heads, code_dim] (+ fp16 params [param_rows, heads, dim / group]) in `format`.
+static kvi::attn::Source bank_source(const py::array& codes, const std::string& format, const char* name, int64_t heads,
+                                     int64_t dim, const std::optional<py::array>& scale = std::nullopt,
+                                     const std::optional<py::array>& zero = std::nullopt, int64_t group = 0,
+                                     bool per_capsule = false) {
+    using F = kvi::attn::Format;
+    auto it = formats().find(format);
+    if (it == formats().end()) throw std::invalid_argument(std::string(name) + ": unknown storage format '" + format + "'");
+    kvi::attn::Source s;
+    s.format = it->second;
+    const int64_t cd = kvi::attn::code_dim(s.format, dim);
+    const std::vector<int64_t> shape{-1, heads, cd};
+    switch (s.format) {
+        case F::f32: s.codes = nd_data<float>(codes, name, shape); break;
+        case F::f16: case F::bf16: s.codes = nd_raw(codes, name, half_or_bits(codes), shape); break;
+        case F::i8: s.codes = nd_data<int8_t>(codes, name, shape); break;
+        default: s.codes = nd_data<uint8_t>(codes, name, shape); break;
+    }
+    s.tokens = codes.shape(0);
+    if (!kvi::attn::quantised(s.format)) {
+        if (scale || zero) throw std::invalid_argument(std::string(name) + ": float storage takes no scales");
+        return s;
+    }
+    if (!scale) throw std::invalid_argument(std::string(name) + ": " + format + " storage needs its scales");
+    s.group = per_capsule ? 1 : group;
+    s.per_capsule = per_capsule;
+    if (s.group < 1 || dim % s.group)
+        throw std::invalid_argument(std::string(name) + ": group size " + std::to_string(s.group) + " does not divide head_dim " +
+                                    std::to_string(dim));
+    std::vector<int64_t> pshape{per_capsule ? -1 : s.tokens, heads, dim / s.group};
+    s.scale = static_cast<const uint16_t*>(nd_raw(*scale, (std::string(name) + " scale").c_str(), half_or_bits(*scale), pshape));
+    s.param_rows = scale->shape(0);
+    if (zero) {
+        pshape[0] = s.param_rows;
+        s.zero = static_cast<const uint16_t*>(nd_raw(*zero, (std::string(name) + " zero").c_str(), half_or_bits(*zero), pshape));
+    }
+    return s;
+}
+
+static void bind_attention(py::module_& m) {
+    m.def(
+        "prefix_attention",
+        [](py::array query, py::array own_k, py::array own_v, std::optional<py::array> own_mask, py::array bank_k,
+           py::array bank_v, const std::string& bank_format, py::array prefix_k, py::array prefix_v,
+           const std::string& prefix_format, py::array token, py::array visible, py::array cos, py::array sin,
+           py::array out, py::array lse, double scale, int round, std::optional<py::array> k_scale,
+           std::optional<py::array> k_zero, std::optional<py::array> v_scale, std::optional<py::array> v_zero,
+           int64_t group_size, bool key_per_capsule, std::optional<py::array> capsule_row, int64_t num_threads) {
+            if (query.ndim() != 4 || own_k.ndim() != 4)
+                throw std::invalid_argument("query and own_k must be 4-D [batch, heads, len, head_dim]");
+            if (round < 0 || round > 2) throw std::invalid_argument("round must be 0 (none), 1 (fp16) or 2 (bf16)");
+            kvi::attn::Problem p;
+            p.batch = query.shape(0), p.q_heads = query.shape(1), p.q_len = query.shape(2), p.head_dim = query.shape(3);
+            p.kv_heads = own_k.shape(1), p.kv_len = own_k.shape(2), p.num_slots = token.ndim() == 2 ? token.shape(1) : -1;
+            const int64_t B = p.batch, D = p.head_dim;
+            p.query = nd_data<float>(query, "query", {B, p.q_heads, p.q_len, D});
+            p.own_k = nd_data<float>(own_k, "own_k", {B, p.kv_heads, p.kv_len, D});
+            p.own_v = nd_data<float>(own_v, "own_v", {B, p.kv_heads, p.kv_len, D});
+            if (own_mask) p.own_mask = nd_data<uint8_t>(*own_mask, "own_mask", {B, p.q_len, p.kv_len});
+            p.bank_k = bank_source(bank_k, bank_format, "bank_k", p.kv_heads, D, k_scale, k_zero, group_size,
+                                   key_per_capsule);
+            p.bank_v = bank_source(bank_v, bank_format, "bank_v", p.kv_heads, D, v_scale, v_zero, group_size);
+            p.prefix_k = bank_source(prefix_k, prefix_format, "prefix_k", p.kv_heads, D);
+            p.prefix_v = bank_source(prefix_v, prefix_format, "prefix_v", p.kv_heads, D);
+            p.prefix_len = p.prefix_k.tokens;
+            p.token = nd_data<int32_t>(token, "token", {B, p.num_slots});
+            p.visible = nd_data<uint8_t>(visible, "visible", {B, p.num_slots});
+            if (capsule_row) p.capsule_row = nd_data<int32_t>(*capsule_row, "capsule_row", {B, p.num_slots});
+            p.cos = nd_data<float>(cos, "cos", {B, p.num_slots, D / 2});
+            p.sin = nd_data<float>(sin, "sin", {B, p.num_slots, D / 2});
+            if (!out.writeable() || !lse.writeable()) throw std::invalid_argument("out and lse must be writeable");
+            p.out = const_cast<float*>(nd_data<float>(out, "out", {B, p.q_heads, p.q_len, D}));
+            p.lse = const_cast<float*>(nd_data<float>(lse, "lse", {B, p.q_heads, p.q_len}));
+            p.scale = static_cast<float>(scale);
+            p.round = static_cast<kvi::attn::Round>(round);
+            py::gil_scoped_release nogil;
+            kvi::attn::prefix_attention(p, static_cast<int>(num_threads));
+        },
+        py::arg("query").noconvert(), py::arg("own_k").noconvert(), py::arg("own_v").noconvert(),
+        py::arg("own_mask").noconvert(), py::arg("bank_k").noconvert(), py::arg("bank_v").noconvert(),
+        py::arg("bank_format"), py::arg("prefix_k").noconvert(), py::arg("prefix_v").noconvert(),
+        py::arg("prefix_format"), py::arg("token").noconvert(), py::arg("visible").noconvert(),
+        py::arg("cos").noconvert(), py::arg("sin").noconvert(), py::arg("out").noconvert(),
+        py::arg("lse").noconvert(), py::arg("scale"), py::arg("round") = 0, py::arg("k_scale").noconvert() = py::none(),
+        py::arg("k_zero").noconvert() = py::none(), py::arg("v_scale").noconvert() = py::none(),
+        py::arg("v_zero").noconvert() = py::none(), py::arg("group_size") = 0, py::arg("key_per_capsule") = false,
+        py::arg("capsule_row").noconvert() = py::none(), py::arg("num_threads") = 0,
+        "Fused prefix attention (GIL released): writes out [B, Hq, Q, D] and lse [B, Hq, Q] in place. Injected "
+        "K/V are read from bank_k/bank_v [tokens, kv_heads, code_dim] (+ fp16 k/v scale and zero [rows, kv_heads, "
+        "D/group]; per-capsule key params are indexed by capsule_row [B, slots]) and prefix_k/prefix_v, dequantised "
+        "and rotated by cos/sin [B, slots, D/2]; own_mask [B, Q, KV] uint8 or None for causal.");
 }
 
 // ----------------------------------------------------------------------------------------------- quant
@@ -398,95 +558,6 @@ static void bind_quant(py::module_& m) {
         "Dequantise codes[code_rows] with params scale/zero[param_rows] -> float32 [len(code_rows), head_dim].");
 }
 
-// ----------------------------------------------------------------------------------------------- attention
-
-// Checked view of an N-D C-contiguous array; shape entries < 0 match any size.
-const void* nd_raw(const py::array& a, const char* name, const py::dtype& dtype, const std::vector<int64_t>& shape) {
-    if (!a.dtype().is(dtype))
-        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(dtype)) + ", got " +
-                             std::string(py::str(a.dtype())));
-    bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
-    for (size_t i = 0; ok && i < shape.size(); ++i) ok = shape[i] < 0 || a.shape(i) == shape[i];
-    if (!ok) {
-        std::string want = "[", got = "[";
-        for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + (shape[i] < 0 ? std::string("*") : std::to_string(shape[i]));
-        for (py::ssize_t i = 0; i < a.ndim(); ++i) got += (i ? ", " : "") + std::to_string(a.shape(i));
-        throw std::invalid_argument(std::string(name) + ": expected shape " + want + "], got " + got + "]");
-    }
-    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + ": array must be C-contiguous");
-    return a.data();
-}
-
-template <class T>
-const T* nd_data(const py::array& a, const char* name, const std::vector<int64_t>& shape) {
-    return static_cast<const T*>(nd_raw(a, name, py::dtype::of<T>(), shape));
-}
-
-static kvi::attn::Source bank_source(const py::array& a, const std::string& format, const char* name, int64_t heads,
-                                     int64_t dim) {
-    kvi::attn::Source s;
-    const std::vector<int64_t> shape{-1, heads, dim};
-    if (format == "fp32") {
-        s.codes = nd_data<float>(a, name, shape), s.format = kvi::attn::Format::f32;
-    } else if (format == "fp16") {
-        const bool half = a.dtype().is(py::dtype("float16"));  // numpy float16 or its uint16 bits
-        s.codes = nd_raw(a, name, half ? py::dtype("float16") : py::dtype::of<uint16_t>(), shape);
-        s.format = kvi::attn::Format::f16;
-    } else if (format == "bf16") {
-        s.codes = nd_data<uint16_t>(a, name, shape), s.format = kvi::attn::Format::bf16;
-    } else {
-        throw std::invalid_argument(std::string(name) + ": unknown storage format '" + format + "'");
-    }
-    s.tokens = a.shape(0);
-    return s;
-}
-
-static void bind_attention(py::module_& m) {
-    m.def(
-        "prefix_attention",
-        [](py::array query, py::array own_k, py::array own_v, std::optional<py::array> own_mask, py::array bank_k,
-           py::array bank_v, const std::string& bank_format, py::array prefix_k, py::array prefix_v,
-           const std::string& prefix_format, py::array token, py::array visible, py::array cos, py::array sin,
-           py::array out, py::array lse, double scale, int round, int64_t num_threads) {
-            if (query.ndim() != 4 || own_k.ndim() != 4)
-                throw std::invalid_argument("query and own_k must be 4-D [batch, heads, len, head_dim]");
-            if (round < 0 || round > 2) throw std::invalid_argument("round must be 0 (none), 1 (fp16) or 2 (bf16)");
-            kvi::attn::Problem p;
-            p.batch = query.shape(0), p.q_heads = query.shape(1), p.q_len = query.shape(2), p.head_dim = query.shape(3);
-            p.kv_heads = own_k.shape(1), p.kv_len = own_k.shape(2), p.num_slots = token.ndim() == 2 ? token.shape(1) : -1;
-            const int64_t B = p.batch, D = p.head_dim;
-            p.query = nd_data<float>(query, "query", {B, p.q_heads, p.q_len, D});
-            p.own_k = nd_data<float>(own_k, "own_k", {B, p.kv_heads, p.kv_len, D});
-            p.own_v = nd_data<float>(own_v, "own_v", {B, p.kv_heads, p.kv_len, D});
-            if (own_mask) p.own_mask = nd_data<uint8_t>(*own_mask, "own_mask", {B, p.q_len, p.kv_len});
-            p.bank_k = bank_source(bank_k, bank_format, "bank_k", p.kv_heads, D);
-            p.bank_v = bank_source(bank_v, bank_format, "bank_v", p.kv_heads, D);
-            p.prefix_k = bank_source(prefix_k, prefix_format, "prefix_k", p.kv_heads, D);
-            p.prefix_v = bank_source(prefix_v, prefix_format, "prefix_v", p.kv_heads, D);
-            p.prefix_len = p.prefix_k.tokens;
-            p.token = nd_data<int32_t>(token, "token", {B, p.num_slots});
-            p.visible = nd_data<uint8_t>(visible, "visible", {B, p.num_slots});
-            p.cos = nd_data<float>(cos, "cos", {B, p.num_slots, D / 2});
-            p.sin = nd_data<float>(sin, "sin", {B, p.num_slots, D / 2});
-            if (!out.writeable() || !lse.writeable()) throw std::invalid_argument("out and lse must be writeable");
-            p.out = const_cast<float*>(nd_data<float>(out, "out", {B, p.q_heads, p.q_len, D}));
-            p.lse = const_cast<float*>(nd_data<float>(lse, "lse", {B, p.q_heads, p.q_len}));
-            p.scale = static_cast<float>(scale);
-            p.round = static_cast<kvi::attn::Round>(round);
-            py::gil_scoped_release nogil;
-            kvi::attn::prefix_attention(p, static_cast<int>(num_threads));
-        },
-        py::arg("query").noconvert(), py::arg("own_k").noconvert(), py::arg("own_v").noconvert(),
-        py::arg("own_mask").noconvert(), py::arg("bank_k").noconvert(), py::arg("bank_v").noconvert(),
-        py::arg("bank_format"), py::arg("prefix_k").noconvert(), py::arg("prefix_v").noconvert(),
-        py::arg("prefix_format"), py::arg("token").noconvert(), py::arg("visible").noconvert(),
-        py::arg("cos").noconvert(), py::arg("sin").noconvert(), py::arg("out").noconvert(),
-        py::arg("lse").noconvert(), py::arg("scale"), py::arg("round") = 0, py::arg("num_threads") = 0,
-        "Fused prefix attention (GIL released): writes out [B, Hq, Q, D] and lse [B, Hq, Q] in place. Injected "
-        "K/V are read from bank_k/bank_v [tokens, kv_heads, D] and prefix_k/prefix_v in their storage format, "
-        "rotated by cos/sin [B, slots, D/2]; own_mask [B, Q, KV] uint8 or None for causal.");
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -496,6 +567,6 @@ PYBIND11_MODULE(_core, m) {
           "Threads used by batched calls when num_threads=0 (hardware concurrency).");
     bind_graph(m);
     bind_linker(m);
-    bind_quant(m);
     bind_attention(m);
+    bind_quant(m);
 }

@@ -493,13 +493,19 @@ class KnowledgeGraph:
             raise ValueError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
         if isinstance(seed_lists, (str, int, np.integer)):
             raise TypeError("traverse_batch takes a list of seed lists")
-        ids = [[self._seed_id(s) for s in ([q] if isinstance(q, (str, int, np.integer)) else q)] for q in seed_lists]
-        indptr = np.zeros(len(ids) + 1, np.int64)
-        np.cumsum([len(q) for q in ids], out=indptr[1:])
-        seeds = np.fromiter((s for q in ids for s in q), dtype=np.int64, count=int(indptr[-1]))
+        flat: list[int] = []
+        bounds = [0]
+        for q in seed_lists:
+            for s in ([q] if isinstance(q, (str, int, np.integer)) else q):
+                flat.append(s if type(s) is int else self._seed_id(s))
+            bounds.append(len(flat))
         qptr, t, h, p = self._core.traverse_batch(
-            seeds, indptr, int(max_hops), self._allowed(relations, max_hops), DIRECTIONS[direction],
-            -1 if fanout is None else int(fanout), -1 if max_candidates is None else int(max_candidates), num_threads)
+            np.array(flat, dtype=np.int64), np.array(bounds, dtype=np.int64), int(max_hops),
+            self._allowed(relations, max_hops), DIRECTIONS[direction], -1 if fanout is None else int(fanout),
+            -1 if max_candidates is None else int(max_candidates), num_threads)
+        if len(bounds) == 2:
+            return [Traversal(t, h, p)]
+        qptr = qptr.tolist()
         return [Traversal(t[a:b], h[a:b], p[a:b]) for a, b in zip(qptr[:-1], qptr[1:])]
 
     def _seed_id(self, s) -> int:

@@ -25,6 +25,27 @@ struct GraphView {
     const int32_t* out_triples = nullptr;  // triple ids grouped by subject
     const int64_t* in_indptr = nullptr;   // [num_entities + 1] into in_triples
     const int32_t* in_triples = nullptr;   // triple ids grouped by object
+    // Edge columns parallel to out_triples / in_triples (far endpoint, relation): traversal then reads them
+    // sequentially instead of gathering obj[t] / rel[t] at random. Derived, never stored (see EdgeColumns).
+    const int32_t* out_far = nullptr;
+    const int32_t* out_rel = nullptr;
+    const int32_t* in_far = nullptr;
+    const int32_t* in_rel = nullptr;
+};
+
+struct EdgeColumns {
+    std::vector<int32_t> out_far, out_rel, in_far, in_rel;
+
+    // Call after validate(g); points g's edge columns at this object's storage.
+    void build(GraphView& g) {
+        const size_t n = static_cast<size_t>(g.num_triples);
+        out_far.resize(n), out_rel.resize(n), in_far.resize(n), in_rel.resize(n);
+        for (size_t j = 0; j < n; ++j) {
+            out_far[j] = g.obj[g.out_triples[j]], out_rel[j] = g.rel[g.out_triples[j]];
+            in_far[j] = g.subj[g.in_triples[j]], in_rel[j] = g.rel[g.in_triples[j]];
+        }
+        g.out_far = out_far.data(), g.out_rel = out_rel.data(), g.in_far = in_far.data(), g.in_rel = in_rel.data();
+    }
 };
 
 // Stable counting sort of triple ids by key: group k holds, in ascending triple id, every t with key[t] == k.

@@ -11,7 +11,6 @@
 #pragma once
 
 #include <cstdint>
-#include <utility>
 #include <vector>
 
 #include "kvi/graph.h"
@@ -33,54 +32,57 @@ struct TraversalOut {
     std::vector<int64_t> triples;
     std::vector<int32_t> hops;
     std::vector<int64_t> parents;
-    void clear() { triples.clear(); hops.clear(); parents.clear(); }
 };
 
 class TraverseWorkspace {
   public:
+    // Appends this query's triples to out. g must carry its edge columns (EdgeColumns::build).
     void traverse(const GraphView& g, const TraverseParams& p, const int64_t* seeds, int64_t num_seeds, TraversalOut& out) {
-        begin(g, p.direction == kBoth);
+        const bool both = p.direction == kBoth;
+        // "Already emitted" in direction both: without a fan-out cap and with one relation filter for every hop,
+        // a triple was emitted before iff its other endpoint was expanded first, i.e. entered with a smaller
+        // sequence number (or it is a self loop, met again in the in-pass). Otherwise triples are marked.
+        const bool mark_triples = both && (p.fanout >= 0 || p.allowed_rows > 1);
+        begin(g, mark_triples);
         frontier_.clear();
+        uint32_t seq = 0;
         for (int64_t i = 0; i < num_seeds; ++i) {
-            int64_t s = seeds[i];
-            if (node_mark_[s] != epoch_) {
-                node_mark_[s] = epoch_;
-                frontier_.emplace_back(static_cast<int32_t>(s), -1);
-            }
+            const int64_t s = seeds[i];
+            if (!entered(s)) enter(s, seq), frontier_.push_back({static_cast<int32_t>(s), seq++, -1});
         }
-        const auto cap = static_cast<size_t>(p.max_candidates);
         if (p.max_candidates == 0) return;
+        const size_t cap = out.triples.size() + static_cast<size_t>(p.max_candidates);  // out may hold earlier queries
         for (int64_t h = 1; h <= p.max_hops && !frontier_.empty(); ++h) {
             const uint8_t* row = p.allowed_rows == 0 ? nullptr
                                  : p.allowed + (p.allowed_rows == 1 ? 0 : (h - 1)) * g.num_relations;
-            next_.clear();
             const bool last = h == p.max_hops;
-            for (const auto& [u, parent] : frontier_) {
+            next_.clear();
+            for (const Visit& f : frontier_) {
                 int64_t taken = 0;
                 for (int pass = 0; pass < 2; ++pass) {
                     const bool outward = pass == 0;
                     if (!(p.direction & (outward ? kOut : kIn))) continue;
                     const int64_t* indptr = outward ? g.out_indptr : g.in_indptr;
                     const int32_t* adj = outward ? g.out_triples : g.in_triples;
-                    const int32_t* far = outward ? g.obj : g.subj;
-                    for (int64_t j = indptr[u]; j < indptr[u + 1]; ++j) {
-                        const int32_t t = adj[j];
-                        if (row && !row[g.rel[t]]) continue;
-                        if (p.direction == kBoth) {
+                    const int32_t* far = outward ? g.out_far : g.in_far;
+                    const int32_t* rel = outward ? g.out_rel : g.in_rel;
+                    for (int64_t j = indptr[f.node], end = indptr[f.node + 1]; j < end; ++j) {
+                        if (row && !row[rel[j]]) continue;
+                        const int32_t t = adj[j], v = far[j];
+                        if (mark_triples) {
                             if (triple_mark_[t] == epoch_) continue;
+                        } else if (both) {
+                            if (!outward && v == f.node) continue;
+                            if (entered(v) && seq_of(v) < f.seq) continue;
                         }
                         if (p.fanout >= 0 && taken >= p.fanout) goto next_node;
-                        if (p.direction == kBoth) triple_mark_[t] = epoch_;
+                        if (mark_triples) triple_mark_[t] = epoch_;
                         ++taken;
                         out.triples.push_back(t);
                         out.hops.push_back(static_cast<int32_t>(h));
-                        out.parents.push_back(parent);
+                        out.parents.push_back(f.parent);
                         if (p.max_candidates >= 0 && out.triples.size() >= cap) return;
-                        const int32_t v = far[t];
-                        if (!last && node_mark_[v] != epoch_) {
-                            node_mark_[v] = epoch_;
-                            next_.emplace_back(v, t);
-                        }
+                        if (!last && !entered(v)) enter(v, seq), next_.push_back({v, seq++, t});
                     }
                 }
             next_node:;
@@ -90,21 +92,32 @@ class TraverseWorkspace {
     }
 
   private:
+    struct Visit {
+        int32_t node;
+        uint32_t seq;
+        int64_t parent;
+    };
+
+    bool entered(int64_t v) const { return (node_mark_[v] >> 32) == epoch_; }
+    uint32_t seq_of(int64_t v) const { return static_cast<uint32_t>(node_mark_[v]); }
+    void enter(int64_t v, uint32_t seq) { node_mark_[v] = (uint64_t{epoch_} << 32) | seq; }
+
     void begin(const GraphView& g, bool need_triples) {
-        if (node_mark_.size() != static_cast<size_t>(g.num_entities)) node_mark_.assign(g.num_entities, 0), reset_epoch();
+        if (node_mark_.size() != static_cast<size_t>(g.num_entities)) node_mark_.assign(g.num_entities, 0), reset();
         if (need_triples && triple_mark_.size() != static_cast<size_t>(g.num_triples))
-            triple_mark_.assign(g.num_triples, 0), reset_epoch();
-        if (++epoch_ == 0) reset_epoch(), ++epoch_;
+            triple_mark_.assign(g.num_triples, 0), reset();
+        if (++epoch_ == 0) reset(), ++epoch_;
     }
-    void reset_epoch() {
-        std::fill(node_mark_.begin(), node_mark_.end(), 0u);
+    void reset() {
+        std::fill(node_mark_.begin(), node_mark_.end(), uint64_t{0});
         std::fill(triple_mark_.begin(), triple_mark_.end(), 0u);
         epoch_ = 0;
     }
 
-    std::vector<uint32_t> node_mark_, triple_mark_;
+    std::vector<uint64_t> node_mark_;  // epoch << 32 | entering sequence number
+    std::vector<uint32_t> triple_mark_;
     uint32_t epoch_ = 0;
-    std::vector<std::pair<int32_t, int64_t>> frontier_, next_;
+    std::vector<Visit> frontier_, next_;
 };
 
 }  // namespace kvi
