@@ -112,3 +112,20 @@ def test_refuses_what_it_cannot_do_exactly(tmp_path):
     with pytest.raises(TypeError):
         bank.capsule("0")
     assert not any(p.name.startswith(".") for p in (tmp_path / "b").iterdir())  # no temp files left behind
+
+
+def test_fingerprint_survives_save_load_and_dtype_but_not_other_weights(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kvi_engine import fingerprint as fp
+    m, tok = model("qwen2", True), tokenizer(True)
+    stored = fp.fingerprint(m, tok)
+    m.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    for dtype in (torch.float32, torch.bfloat16):
+        fp.check(stored, AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=dtype),
+                 AutoTokenizer.from_pretrained(tmp_path / "m"))
+    with pytest.raises(fp.FingerprintMismatch, match="different weights"):
+        fp.check(stored, model("qwen2", True, seed=5), tok)
+    with pytest.raises(fp.FingerprintMismatch, match="different tokenizer"):
+        fp.check(stored, m, tokenizer(False))
