@@ -26,8 +26,6 @@ class QuantSpec:
             raise ValueError(f"key_mode must be one of {KEY_MODES}, got {self.key_mode!r}")
         if self.scheme in FLOAT_SCHEMES and (self.group_size or self.key_mode != "token"):
             raise ValueError(f"{self.scheme} storage takes no group_size or key_mode")
-        if self.scheme in ("int8", "fp8") and self.group_size:
-            raise ValueError(f"{self.scheme} has one scale per token and head: group_size is not configurable")
         if self.group_size < 0:
             raise ValueError(f"group_size must be > 0, got {self.group_size}")
 
@@ -61,6 +59,9 @@ class QuantSpec:
 
     def group_for(self, head_dim: int) -> int:
         if self.scheme in ("int8", "fp8"):
+            if self.group_size not in (0, head_dim):
+                raise ValueError(f"{self.scheme} has one scale per token and head: group_size must be head_dim "
+                                 f"({head_dim}), got {self.group_size}")
             return head_dim
         g = self.group_size or min(128, head_dim)
         if head_dim % g or g % (8 // _BITS[self.scheme]):
