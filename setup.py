@@ -7,7 +7,7 @@ import os
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 compile_args = ["-O3", "-fvisibility=hidden"]
 link_args = []
@@ -25,9 +25,9 @@ ext = Pybind11Extension(
 )
 
 setup(
-    packages=["kvi_engine", "kvi_engine.kernels"],
+    packages=find_packages(include=["kvi_engine", "kvi_engine.*"]) + ["kvi_engine.kernels"],
     package_dir={"kvi_engine.kernels": "kernels"},
-    package_data={"kvi_engine": ["data/sample/*", "_core.pyi", "py.typed"]},
+    package_data={"kvi_engine": ["data/**/*", "_core.pyi", "py.typed"]},
     ext_modules=[ext],
     cmdclass={"build_ext": build_ext},
     zip_safe=False,
