@@ -57,7 +57,8 @@ def code_dtype(scheme: str) -> torch.dtype:
 def _params(scheme: str, lo: torch.Tensor, hi: torch.Tensor):
     """fp16 scale (and zero) of groups with fp32 stats ``lo``/``hi``."""
     if scheme in ("int8", "fp8"):
-        return (torch.maximum(hi, -lo) / (127.0 if scheme == "int8" else _FP8_MAX)).half(), None
+        amax = torch.maximum(hi.abs(), lo.abs())  # abs: an all-zero group gets +0, never -0
+        return (amax / (127.0 if scheme == "int8" else _FP8_MAX)).half(), None
     return ((hi - lo) / float((1 << _BITS[scheme]) - 1)).half(), lo.half()
 
 

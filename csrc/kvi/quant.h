@@ -94,7 +94,7 @@ struct Params {
 // fp16 scale (and zero) of one group with stats lo/hi; writes the params, returns them as fp32.
 inline Params make_params(Scheme sc, float lo, float hi, uint16_t* scale, uint16_t* zero) {
     if (sc == Scheme::Int8 || sc == Scheme::Fp8) {
-        float amax = std::max(hi, -lo);
+        float amax = std::max(std::fabs(hi), std::fabs(lo));
         *scale = f32_to_f16(amax / (sc == Scheme::Int8 ? 127.0f : 448.0f));
         return {f16_to_f32(*scale), 0.0f};
     }
