@@ -171,17 +171,33 @@ def test_quantised_bank_round_trip(tmp_path, fp32_bank, spec):
         assert_same(seg.c.array("k_scale")[1].reshape(-1, scale.shape[1]), scale.numpy(), "stored scales")
 
 
-@pytest.mark.parametrize("spec", ["fp16", "bf16", "int8", "int8:channel", "fp8", "int4:g8", "int2:g8"])
-def test_injection_through_quantised_bank(family, tmp_path, spec):
+_REF = {}
+
+
+def reference_logits(family, tmp_path_factory):
+    """fp32-bank injection logits per family (compiled once per module)."""
+    if family not in _REF:
+        m, tok = model(family, True), tokenizer(True)
+        prompt = torch.tensor([tok("Which disease does SFTSV cause, and how is it spread?",
+                                   add_special_tokens=False).input_ids] * 2)
+        ref = compile_bank(m, tok, CAPSULES, tmp_path_factory.mktemp(family) / "fp32", quant="fp32",
+                           entities=ENTITIES, progress=False)
+        with torch.no_grad(), inject(m, ref, INJECT_ROWS, backend="reference"):
+            _REF[family] = (prompt, m(input_ids=prompt).logits)
+    return _REF[family]
+
+
+INJECT_ROWS = [[0, 4, 5], [1]]
+ALL_SPECS = ["fp16", "bf16", "int8", "int8:channel", "fp8", "int4:g8", "int2:g8"]
+
+
+@pytest.mark.parametrize("family, spec", [(f, s) for f in ("llama", "qwen3") for s in ALL_SPECS] +
+                         [(f, s) for f in ("qwen2", "mistral") for s in ("int8", "int4:g8")])
+def test_injection_through_quantised_bank(family, spec, tmp_path, tmp_path_factory):
     m, tok = model(family, True), tokenizer(True)
-    prompt = torch.tensor([tok("Which disease does SFTSV cause, and how is it spread?",
-                               add_special_tokens=False).input_ids] * 2)
-    rows = [[0, 4, 5], [1]]
-    ref = compile_bank(m, tok, CAPSULES, tmp_path / "fp32", quant="fp32", entities=ENTITIES, progress=False)
+    prompt, want = reference_logits(family, tmp_path_factory)
     bank = compile_bank(m, tok, CAPSULES, tmp_path / "q", quant=spec, entities=ENTITIES, progress=False)
-    with torch.no_grad(), inject(m, ref, rows, backend="reference"):
-        want = m(input_ids=prompt).logits
-    with torch.no_grad(), inject(m, bank, rows, backend="reference"):
+    with torch.no_grad(), inject(m, bank, INJECT_ROWS, backend="reference"):
         got = m(input_ids=prompt).logits
     tol = INJECT_TOL[QuantSpec.parse(spec).scheme]
     assert (got - want).abs().max() <= tol
@@ -190,7 +206,7 @@ def test_injection_through_quantised_bank(family, tmp_path, spec):
         deq = tmp_path / "deq"
         shutil.copytree(bank.root, deq)
         bank_updates.requantize(deq, "fp32")
-        with torch.no_grad(), inject(m, KVBank.open(deq), rows, backend="reference"):
+        with torch.no_grad(), inject(m, KVBank.open(deq), INJECT_ROWS, backend="reference"):
             exact = m(input_ids=prompt).logits
         torch.testing.assert_close(got, exact, atol=1e-5, rtol=0)
 
