@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kvi_engine.attention import own_visibility
+from kvi_engine.attention import BankLayer, bank_layer, merge_state, own_visibility
 
 _BANK_ON_DEVICE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
@@ -29,13 +29,45 @@ def _load_half(ptr, row_off, cols, ok, dmask):
     return tl.load(ptr + row_off[:, None] + cols[None, :], mask=ok[:, None] & dmask[None, :], other=0.0)
 
 @triton.jit
-def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, PRE_K, PRE_V, TOKEN, POS, VIS, INV_FREQ,
-                        OUT, LSE,
+def _load_bank(CODES, SCALE, ZERO, row, param_row, cols, ok, dmask, FMT: tl.constexpr, D: tl.constexpr,
+               G: tl.constexpr):
+    """Channels ``cols`` of rows ``row`` (token * kv_heads + head) dequantised to fp32 (format: kvi_engine.quant;
+    FMT 0-2 float, 3 int8, 4 int4, 5 int2, 6 fp8 e4m3fn); params are read at ``param_row``."""
+    m = ok[:, None] & dmask[None, :]
+    if FMT < 3:
+        return tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    if FMT == 4:
+        byte = tl.load(CODES + row[:, None] * (D // 2) + (cols // 2)[None, :], mask=m, other=0).to(tl.int32)
+        q = ((byte >> ((cols % 2) * 4)[None, :]) & 15).to(tl.float32)
+    elif FMT == 5:
+        byte = tl.load(CODES + row[:, None] * (D // 4) + (cols // 4)[None, :], mask=m, other=0).to(tl.int32)
+        q = ((byte >> ((cols % 4) * 2)[None, :]) & 3).to(tl.float32)
+    elif FMT == 6:
+        # e4m3fn by its bits (exact, and the interpreter has no fp8): normal (8 + m) 2^(e - 10), subnormal m 2^-9
+        c = tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0).to(tl.int32)
+        e = (c >> 3) & 15
+        mant = c & 7
+        normal = (((e + 120) << 23) | (mant << 20)).to(tl.float32, bitcast=True)
+        q = tl.where(e == 0, mant.to(tl.float32) * 0.001953125, normal)
+        q = tl.where((c & 128) != 0, -q, q)
+    else:
+        q = tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0).to(tl.float32)
+    p_off = param_row[:, None] * (D // G) + (cols // G)[None, :]
+    x = q * tl.load(SCALE + p_off, mask=m, other=0.0).to(tl.float32)
+    if FMT == 4 or FMT == 5:
+        x += tl.load(ZERO + p_off, mask=m, other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, K_SCALE, K_ZERO, V_SCALE, V_ZERO, PRE_K, PRE_V,
+                        TOKEN, POS, VIS, CROW, INV_FREQ, OUT, LSE,
                         s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om, s_mb, s_mq,
                         num_slots, prefix_len, q_len, kv_len, kv_heads, group, scale, rope_scale,
                         HAS_MASK: tl.constexpr, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ACT: tl.constexpr,
-                        DOT: tl.constexpr, PRECISION: tl.constexpr):
+                        DOT: tl.constexpr, PRECISION: tl.constexpr, FMT: tl.constexpr, GROUP_K: tl.constexpr,
+                        GROUP_V: tl.constexpr, K_PER_CAPSULE: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // kv_heads
@@ -68,11 +100,14 @@ def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, PRE_K, PRE_V,
         vis = (tl.load(VIS + b * num_slots + n, mask=in_range, other=0) != 0) & in_range
         pre = vis & (n < prefix_len)
         bnk = vis & (n >= prefix_len)
-        off = (tok.to(tl.int64) * kv_heads + h) * D
-        k1 = (_load_half(BANK_K, off, d, bnk, dmask).to(tl.float32)
-              + _load_half(PRE_K, off, d, pre, dmask).to(tl.float32)).to(ACT).to(tl.float32)
-        k2 = (_load_half(BANK_K, off, d + HALF, bnk, dmask).to(tl.float32)
-              + _load_half(PRE_K, off, d + HALF, pre, dmask).to(tl.float32)).to(ACT).to(tl.float32)
+        row = tok.to(tl.int64) * kv_heads + h
+        prow = row
+        if K_PER_CAPSULE:
+            prow = tl.load(CROW + b * num_slots + n, mask=in_range, other=0).to(tl.int64) * kv_heads + h
+        k1 = (_load_bank(BANK_K, K_SCALE, K_ZERO, row, prow, d, bnk, dmask, FMT, D, GROUP_K)
+              + _load_half(PRE_K, row * D, d, pre, dmask).to(tl.float32)).to(ACT).to(tl.float32)
+        k2 = (_load_bank(BANK_K, K_SCALE, K_ZERO, row, prow, d + HALF, bnk, dmask, FMT, D, GROUP_K)
+              + _load_half(PRE_K, row * D, d + HALF, pre, dmask).to(tl.float32)).to(ACT).to(tl.float32)
         angle = pos.to(tl.float32)[:, None] * inv_freq[None, :]
         cos = (tl.cos(angle) * rope_scale).to(ACT).to(tl.float32)
         sin = (tl.sin(angle) * rope_scale).to(ACT).to(tl.float32)
@@ -81,10 +116,10 @@ def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, PRE_K, PRE_V,
         s = tl.dot(q1, tl.trans(kr1), input_precision=PRECISION)
         s += tl.dot(q2, tl.trans(kr2), input_precision=PRECISION)
         s = tl.where(vis[None, :], s * scale, float("-inf"))
-        v1 = (_load_half(BANK_V, off, d, bnk, dmask).to(tl.float32)
-              + _load_half(PRE_V, off, d, pre, dmask).to(tl.float32)).to(ACT).to(DOT)
-        v2 = (_load_half(BANK_V, off, d + HALF, bnk, dmask).to(tl.float32)
-              + _load_half(PRE_V, off, d + HALF, pre, dmask).to(tl.float32)).to(ACT).to(DOT)
+        v1 = (_load_bank(BANK_V, V_SCALE, V_ZERO, row, row, d, bnk, dmask, FMT, D, GROUP_V)
+              + _load_half(PRE_V, row * D, d, pre, dmask).to(tl.float32)).to(ACT).to(DOT)
+        v2 = (_load_bank(BANK_V, V_SCALE, V_ZERO, row, row, d + HALF, bnk, dmask, FMT, D, GROUP_V)
+              + _load_half(PRE_V, row * D, d + HALF, pre, dmask).to(tl.float32)).to(ACT).to(DOT)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp(m_i - m_safe)
@@ -139,14 +174,20 @@ def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, PRE_K, PRE_V,
     tl.store(LSE + (b * (kv_heads * group) + hq) * q_len + qi, lse, mask=row_ok)
 
 
-def device_layer_kv(bank, layer: int, device: torch.device):
-    """The bank's layer ``(k, v, prefix_k, prefix_v)`` on ``device``, uploaded once per (bank, layer, device)."""
+_FORMATS = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "int4": 4, "int2": 5, "fp8": 6}
+
+
+def device_bank_layer(bank, layer: int, segment: int, device: torch.device) -> BankLayer:
+    """:func:`bank_layer` on ``device``, uploaded once per (bank, layer, segment, device) and kept while the bank
+    lives (the bank itself stays memory-mapped on the host)."""
+    src = bank_layer(bank, layer, segment)
     if device.type == "cpu":
-        return (*bank.layer_kv(layer), *bank.prefix_kv(layer))
+        return src
     per_bank = _BANK_ON_DEVICE.setdefault(bank, {})
-    key = (layer, str(device))
+    key = (layer, segment, str(device))
     if key not in per_bank:
-        per_bank[key] = tuple(t.to(device) for t in (*bank.layer_kv(layer), *bank.prefix_kv(layer)))
+        per_bank[key] = BankLayer(**{f: x.to(device) if isinstance(x, torch.Tensor) else x
+                                     for f in BankLayer.__slots__ for x in [getattr(src, f)]})
     return per_bank[key]
 
 
@@ -168,18 +209,45 @@ def prefix_attention_fwd(query, own_k, own_v, own_mask, plan, layer, model=None,
         raise TypeError(f"query and own KV must share one of {list(_ACT)}, got {query.dtype} and {own_k.dtype}")
     device = query.device
     query, own_k, own_v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, own_k, own_v))
-    bank_k, bank_v, pre_k, pre_v = device_layer_kv(plan.bank, layer, device)
-    if bank_k.shape[1:] != (Hkv, D):
-        raise ValueError(f"bank stores [tokens, {bank_k.shape[1]}, {bank_k.shape[2]}] per layer; the model's "
-                         f"own KV has {Hkv} kv heads of dim {D}")
-    tables = plan.slot_tables(device)
+    if plan.bank.shape.num_kv_heads != Hkv or plan.bank.shape.head_dim != D:
+        raise ValueError(f"the bank stores {plan.bank.shape.num_kv_heads} kv heads of dim {plan.bank.shape.head_dim};"
+                         f" the model's own KV has {Hkv} of dim {D}")
     mask = own_visibility(own_mask, B, Q, KV)
     if mask is not None:
         mask = mask.to(torch.uint8).contiguous()
-    out = torch.empty(B, Hq, Q, D, dtype=query.dtype, device=device)
-    lse = torch.empty(B, Hq, Q, dtype=torch.float32, device=device)
     if Q == 0:
-        return out, lse
+        return query.new_empty(B, Hq, 0, D), torch.empty(B, Hq, 0, dtype=torch.float32, device=device)
+    rows = (Hq // Hkv) * Q
+    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    act = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
+    # The interpreter's tl.dot mishandles bfloat16 operands: feed it the same (bf16-rounded) values in float32.
+    dot = tl.float32 if act == tl.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1" else act
+    grid = (math.ceil(rows / block_m), B * Hkv)
+    result = None
+    for tables in plan.slot_tables(device):
+        src = device_bank_layer(plan.bank, layer, tables.segment, device)
+        first = result is None
+        kv = KV if first else 0  # own KV is attended in the first pass only
+        out = torch.empty(B, Hq, Q, D, dtype=query.dtype if first else torch.float32, device=device)
+        lse = torch.empty(B, Hq, Q, dtype=torch.float32, device=device)
+        dummy = src.k
+        _prefix_attn_kernel[grid](
+            query, own_k, own_v, mask if mask is not None else out, src.k, src.v,
+            *(t if t is not None else dummy for t in (src.k_scale, src.k_zero, src.v_scale, src.v_zero)),
+            src.prefix_k, src.prefix_v, tables.token, tables.position, tables.layer_visible(layer), tables.capsule_row,
+            tables.inv_freq, out, lse,
+            query.stride(0), query.stride(1), query.stride(2), own_k.stride(0), own_k.stride(1), own_k.stride(2),
+            own_v.stride(0), own_v.stride(1), own_v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+            mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
+            tables.token.shape[1], tables.prefix_len, Q, kv, Hkv, Hq // Hkv,
+            scaling if scaling is not None else 1 / math.sqrt(D), tables.attention_scaling,
+            HAS_MASK=mask is not None, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(D // 2)),
+            BLOCK_M=block_m, BLOCK_N=64, ACT=act, DOT=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
+            FMT=_FORMATS[src.scheme], GROUP_K=1 if src.key_per_capsule else max(src.group_size, 1),
+            GROUP_V=max(src.group_size, 1), K_PER_CAPSULE=src.key_per_capsule,
+        )
+        result = (out, lse) if first else merge_state(*result, out, lse)
+    return result
     half = D // 2
     rows = (Hq // Hkv) * Q
     block_m = min(64, max(16, triton.next_power_of_2(rows)))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 import os
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -82,6 +84,41 @@ def merge_state(out_a, lse_a, out_b, lse_b):
     return (out_a.float() * wa + out_b.float() * wb).to(out_a.dtype), lse
 
 
+@dataclass(frozen=True, slots=True)
+class BankLayer:
+    """One layer of the bank as stored (format spec: :mod:`kvi_engine.quant`), what fused kernels read: codes
+    ``[tokens, kv_heads, code_dim]`` (the values themselves for float schemes) and fp16 params ``[tokens,
+    kv_heads, head_dim / group_size]`` (per-capsule keys: ``[capsules, kv_heads, head_dim]``)."""
+    scheme: str
+    k: torch.Tensor
+    v: torch.Tensor
+    k_scale: torch.Tensor | None
+    k_zero: torch.Tensor | None
+    v_scale: torch.Tensor | None
+    v_zero: torch.Tensor | None
+    group_size: int
+    key_per_capsule: bool
+    prefix_k: torch.Tensor
+    prefix_v: torch.Tensor
+
+
+def bank_layer(bank, layer: int, segment: int = 0) -> BankLayer:
+    """``layer`` of bank ``segment`` as stored: zero-copy views of the mapped file."""
+    seg = bank.segments[segment]
+    spec = seg.spec
+
+    def section(name):
+        if name not in seg.c.sections:
+            return None
+        t = torch.from_numpy(seg.c.array(name)[layer])
+        return t.view(torch.bfloat16) if spec.scheme == "bf16" and name in ("k", "v") else t
+
+    prefix_k, prefix_v = bank.prefix_kv(layer)
+    group = spec.group_for(bank.shape.head_dim) if spec.quantised else 0
+    return BankLayer(spec.scheme, section("k"), section("v"), section("k_scale"), section("k_zero"),
+                     section("v_scale"), section("v_zero"), group, spec.key_mode == "channel", prefix_k, prefix_v)
+
+
 _ROUND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -102,20 +139,29 @@ def cpp(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_
         raise TypeError(f"unsupported activation dtype {own_k.dtype}")
     B, Hq, Q, D = query.shape
     KV = own_k.shape[2]
-    tables = plan.slot_tables("cpu")
     cos, sin = plan.rope_table(own_k.dtype)
-    bank_k, bank_v = plan.bank.layer_kv(layer)
-    prefix_k, prefix_v = plan.bank.prefix_kv(layer)
-    storage = plan.bank.quant["scheme"]
     mask = own_visibility(own_mask, B, Q, KV)
-    out = torch.empty(B, Hq, Q, D, dtype=torch.float32)
-    lse = torch.empty(B, Hq, Q, dtype=torch.float32)
-    f32 = [x.detach().float().contiguous().numpy() for x in (query, own_k, own_v)]
-    _core.prefix_attention(*f32, None if mask is None else mask.to(torch.uint8).contiguous().numpy(),
-                           _numpy(bank_k), _numpy(bank_v), storage, _numpy(prefix_k), _numpy(prefix_v), storage,
-                           tables.token.numpy(), tables.layer_visible(layer).numpy(), cos.numpy(), sin.numpy(),
-                           out.numpy(), lse.numpy(), scaling if scaling is not None else 1 / math.sqrt(D),
-                           _ROUND[own_k.dtype])
+    mask = None if mask is None else mask.to(torch.uint8).contiguous()
+    q, k, v = (x.detach().float().contiguous() for x in (query, own_k, own_v))
+    result = None
+    for tables in plan.slot_tables("cpu"):
+        src = bank_layer(plan.bank, layer, tables.segment)
+        prefix_format = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[src.prefix_k.dtype]
+        params = {n: None if t is None else _numpy(t) for n, t in
+                  (("k_scale", src.k_scale), ("k_zero", src.k_zero), ("v_scale", src.v_scale), ("v_zero", src.v_zero))}
+        own = slice(None) if result is None else slice(0)  # own KV is attended in the first pass only
+        out = torch.empty(B, Hq, Q, D, dtype=torch.float32)
+        lse = torch.empty(B, Hq, Q, dtype=torch.float32)
+        _core.prefix_attention(q.numpy(), k[:, :, own].numpy(), v[:, :, own].numpy(),
+                               None if mask is None else mask[:, :, own].contiguous().numpy(),
+                               _numpy(src.k), _numpy(src.v), src.scheme, _numpy(src.prefix_k), _numpy(src.prefix_v),
+                               prefix_format, tables.token.numpy(), tables.layer_visible(layer).numpy(), cos.numpy(),
+                               sin.numpy(), out.numpy(), lse.numpy(),
+                               scaling if scaling is not None else 1 / math.sqrt(D), _ROUND[own_k.dtype], **params,
+                               group_size=src.group_size, key_per_capsule=src.key_per_capsule,
+                               capsule_row=tables.capsule_row.numpy())
+        result = (out, lse) if result is None else merge_state(*result, out, lse)
+    out, lse = result
     return out.to(query.dtype), lse
 
 

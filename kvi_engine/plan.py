@@ -80,21 +80,37 @@ class InjectionPlan:
         self._cache[key] = out
         return out
 
-    def slot_tables(self, device) -> "SlotTables":
-        """The plan as fused kernels read it on ``device`` (built once, cached for the plan's life)."""
+    def slot_tables(self, device) -> list["SlotTables"]:
+        """The plan as fused kernels read it on ``device``, one table per bank segment holding injected tokens
+        (the first always, with the shared prefix): a kernel pass reads one segment's arrays, and passes merge
+        exactly through their log-sum-exp. Built once, cached for the plan's life."""
         key = ("slot_tables", str(device))
         if key not in self._cache:
             B, p = self.batch_size, self.prefix_len
-            token = torch.cat([torch.arange(p).expand(B, p), self.token_index], dim=1)
+            segments = self.bank.segments
+            offsets = torch.tensor([0] + [s.num_tokens for s in segments]).cumsum(0)
+            seg_of = torch.searchsorted(offsets[1:], self.token_index, right=True)
             position = torch.cat([torch.arange(p).expand(B, p), self.positions], dim=1)
             valid = self.valid if self.layer_valid is None else self.valid & self.layer_valid
-            pre = torch.ones(*valid.shape[:-1], p, dtype=torch.bool)
-            visible = torch.cat([pre, valid], dim=-1).reshape(-1, B, p + valid.shape[-1])
-            inv_freq = torch.tensor(self.bank.rope["inv_freq"], dtype=torch.float32)
-            self._cache[key] = SlotTables(token.to(device, torch.int32).contiguous(),
-                                          position.to(device, torch.int32).contiguous(),
-                                          visible.to(device, torch.uint8).contiguous(), inv_freq.to(device),
-                                          float(self.bank.rope.get("attention_scaling", 1.0)), p)
+            valid = valid if valid.dim() == 3 else valid.unsqueeze(0)
+            inv_freq = torch.tensor(self.bank.rope["inv_freq"], dtype=torch.float32).to(device)
+            scaling = float(self.bank.rope.get("attention_scaling", 1.0))
+            tables = []
+            for si, seg in enumerate(segments):
+                mine = (seg_of == si) & self.valid
+                if si and not mine.any():
+                    continue
+                local = torch.where(mine, self.token_index - offsets[si], 0)
+                rows = torch.from_numpy(seg.token_rows(local.numpy()).astype("int64")) if seg.num_capsules else local
+                rows = torch.where(mine, rows, 0)
+                head = torch.arange(p).expand(B, p)
+                token, capsule_row = torch.cat([head, local], 1), torch.cat([torch.zeros_like(head), rows], 1)
+                pre = torch.full((*valid.shape[:-1], p), si == 0, dtype=torch.bool)
+                visible = torch.cat([pre, valid & mine], dim=-1)
+                i32 = [x.to(device, torch.int32).contiguous() for x in (token, position, capsule_row)]
+                tables.append(SlotTables(*i32, visible.to(device, torch.uint8).contiguous(), inv_freq, scaling, p,
+                                         si))
+            self._cache[key] = tables
         return self._cache[key]
 
     def rope_table(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,7 +118,7 @@ class InjectionPlan:
         (float32 angles, then rounded to the activation ``dtype``), for kernels that do not evaluate them."""
         key = ("rope_table", dtype)
         if key not in self._cache:
-            t = self.slot_tables("cpu")
+            t = self.slot_tables("cpu")[0]
             angles = t.position.float().unsqueeze(-1) * t.inv_freq
             cos = (angles.cos() * t.attention_scaling).to(dtype).float().contiguous()
             sin = (angles.sin() * t.attention_scaling).to(dtype).float().contiguous()
@@ -121,12 +137,14 @@ class InjectionPlan:
 @dataclass(frozen=True, slots=True)
 class SlotTables:
     """Kernel view of a plan over its ``n = prefix_len + slots`` injected positions (the shared prefix first)."""
-    token: torch.Tensor      # [batch, n] int32: prefix token for slot < prefix_len, bank token index after
+    token: torch.Tensor      # [batch, n] int32: prefix token for slot < prefix_len, then token of the segment
     position: torch.Tensor   # [batch, n] int32: position the slot's key is rotated to
+    capsule_row: torch.Tensor  # [batch, n] int32: capsule row in the segment (per-capsule quantisation params)
     visible: torch.Tensor    # [num_layers or 1, batch, n] uint8: slot attended at that layer (1 = everywhere)
     inv_freq: torch.Tensor   # [head_dim / 2] float32 RoPE inverse frequencies
     attention_scaling: float  # cos/sin scale of the RoPE variant
     prefix_len: int
+    segment: int             # bank segment whose arrays the tokens index
 
     def layer_visible(self, layer: int) -> torch.Tensor:
         return self.visible[layer if self.visible.shape[0] > 1 else 0]

@@ -17,10 +17,12 @@
 #include <vector>
 
 #include "kvi/parallel.h"
+#include "kvi/quant.h"
 
 namespace kvi::attn {
 
-enum class Format : int { f32 = 0, f16 = 1, bf16 = 2 };
+// Storage formats of kvi_engine/quant.py (the spec): floats, or codes with fp16 scale (+ zero) per group.
+enum class Format : int { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, i4 = 4, i2 = 5, fp8 = 6 };
 // Rounding applied to injected K/V as the reference does (it converts them to the activation dtype first).
 enum class Round : int { none = 0, f16 = 1, bf16 = 2 };
 
@@ -67,12 +69,23 @@ inline uint16_t float_to_f16(float f) {
 
 inline float round_f16(float f) { return f16_to_float(float_to_f16(f)); }
 
-// One layer's keys or values in storage: [tokens, kv_heads, head_dim].
+// One layer's keys or values in storage: codes [tokens, kv_heads, code_dim] and, for quantised formats, fp16
+// params [param_rows, kv_heads, head_dim / group] (scale, and zero for int4/int2). Params are indexed by token, or
+// by the slot's capsule row when per_capsule (per-channel keys: group 1).
 struct Source {
     const void* codes = nullptr;
+    const uint16_t* scale = nullptr;
+    const uint16_t* zero = nullptr;
     Format format = Format::f32;
     int64_t tokens = 0;
+    int64_t param_rows = 0;
+    int64_t group = 0;
+    bool per_capsule = false;
 };
+
+inline bool quantised(Format f) { return static_cast<int>(f) >= static_cast<int>(Format::i8); }
+
+inline int64_t code_dim(Format f, int64_t d) { return f == Format::i4 ? d / 2 : f == Format::i2 ? d / 4 : d; }
 
 struct Problem {
     int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, kv_len = 0, head_dim = 0;
@@ -84,6 +97,7 @@ struct Problem {
     const uint8_t* own_mask = nullptr;  // [batch, q_len, kv_len], nonzero = attend; null = causal
     Source bank_k, bank_v, prefix_k, prefix_v;
     const int32_t* token = nullptr;    // [batch, num_slots]: prefix token (slot < prefix_len) or bank token
+    const int32_t* capsule_row = nullptr;  // [batch, num_slots]: param row of per-capsule sources
     const uint8_t* visible = nullptr;  // [batch, num_slots]
     const float* cos = nullptr;        // [batch, num_slots, head_dim / 2]
     const float* sin = nullptr;
@@ -105,6 +119,18 @@ inline void validate(const Problem& p) {
         fail("prefix K/V hold " + std::to_string(p.prefix_k.tokens) + " tokens, the plan expects " +
              std::to_string(p.prefix_len));
     if (p.bank_k.tokens != p.bank_v.tokens) fail("bank K and V hold different token counts");
+    if (quantised(p.prefix_k.format) || quantised(p.prefix_v.format)) fail("the shared prefix is stored as floats");
+    const bool per_capsule = p.bank_k.per_capsule || p.bank_v.per_capsule;
+    if (per_capsule && !p.capsule_row) fail("per-capsule params need the capsule_row table");
+    for (const Source* s : {&p.bank_k, &p.bank_v}) {
+        if (!quantised(s->format)) continue;
+        if (!s->scale || s->group < 1 || p.head_dim % s->group || (s->format == Format::i4 && p.head_dim % 2) ||
+            (s->format == Format::i2 && p.head_dim % 4))
+            fail("quantised source needs fp16 scales and a group size dividing head_dim (and whole code bytes)");
+        const bool needs_zero = s->format == Format::i4 || s->format == Format::i2;
+        if (needs_zero != (s->zero != nullptr)) fail(needs_zero ? "int4/int2 need zero points" : "unexpected zero points");
+        if (!s->per_capsule && s->param_rows != s->tokens) fail("per-token params must have one row per token");
+    }
     for (int64_t b = 0; b < p.batch; ++b)
         for (int64_t j = 0; j < p.num_slots; ++j) {
             const int64_t i = b * p.num_slots + j;
@@ -113,20 +139,72 @@ inline void validate(const Problem& p) {
             if (p.token[i] < 0 || p.token[i] >= limit)
                 fail("slot " + std::to_string(j) + " of row " + std::to_string(b) + " reads token " +
                      std::to_string(p.token[i]) + ", outside [0, " + std::to_string(limit) + ")");
+            if (per_capsule && j >= p.prefix_len)
+                for (const Source* s : {&p.bank_k, &p.bank_v})
+                    if (s->per_capsule && (p.capsule_row[i] < 0 || p.capsule_row[i] >= s->param_rows))
+                        fail("slot " + std::to_string(j) + " of row " + std::to_string(b) + " reads capsule row " +
+                             std::to_string(p.capsule_row[i]) + ", outside [0, " + std::to_string(s->param_rows) + ")");
         }
 }
 
+inline const float* fp8_table() {
+    static const std::vector<float> table = [] {
+        std::vector<float> t(256);
+        for (int c = 0; c < 256; ++c) t[c] = kvi::quant::e4m3_to_f32(static_cast<uint8_t>(c));
+        return t;
+    }();
+    return table.data();
+}
+
+// Row (token, head) of `s` dequantised to fp32: dst[d] = code(d) * scale[d / G] (+ zero[d / G]).
 template <Format F>
-inline void load_row(const Source& s, int64_t offset, int64_t n, float* dst) {
+inline void load_row(const Source& s, int64_t token, int64_t param_row, int64_t h, int64_t H, int64_t n, float* dst) {
+    const int64_t row = token * H + h;
     if constexpr (F == Format::f32) {
-        const float* x = static_cast<const float*>(s.codes) + offset;
+        const float* x = static_cast<const float*>(s.codes) + row * n;
         for (int64_t d = 0; d < n; ++d) dst[d] = x[d];
     } else if constexpr (F == Format::f16) {
-        const uint16_t* x = static_cast<const uint16_t*>(s.codes) + offset;
+        const uint16_t* x = static_cast<const uint16_t*>(s.codes) + row * n;
         for (int64_t d = 0; d < n; ++d) dst[d] = f16_to_float(x[d]);
-    } else {
-        const uint16_t* x = static_cast<const uint16_t*>(s.codes) + offset;
+    } else if constexpr (F == Format::bf16) {
+        const uint16_t* x = static_cast<const uint16_t*>(s.codes) + row * n;
         for (int64_t d = 0; d < n; ++d) dst[d] = bf16_to_float(x[d]);
+    } else {
+        const uint8_t* x = static_cast<const uint8_t*>(s.codes) + row * code_dim(F, n);
+        const int64_t G = s.group, pr = (s.per_capsule ? param_row : token) * H + h;
+        const uint16_t* scale = s.scale + pr * (n / G);
+        const uint16_t* zero = s.zero ? s.zero + pr * (n / G) : nullptr;
+        const float* lut = F == Format::fp8 ? fp8_table() : nullptr;
+        for (int64_t g = 0, d0 = 0; d0 < n; ++g, d0 += G) {
+            const float sc = f16_to_float(scale[g]);
+            float* o = dst + d0;
+            if constexpr (F == Format::i8) {
+                const int8_t* q = reinterpret_cast<const int8_t*>(x) + d0;
+                for (int64_t e = 0; e < G; ++e) o[e] = static_cast<float>(q[e]) * sc;
+            } else if constexpr (F == Format::fp8) {
+                for (int64_t e = 0; e < G; ++e) o[e] = lut[x[d0 + e]] * sc;
+            } else if constexpr (F == Format::i4) {
+                const float z = f16_to_float(zero[g]);
+                for (int64_t e = 0; e < G; ++e) {
+                    const int64_t d = d0 + e;
+                    o[e] = static_cast<float>((x[d >> 1] >> ((d & 1) * 4)) & 15) * sc + z;
+                }
+            } else {
+                const float z = f16_to_float(zero[g]);
+                for (int64_t e = 0; e < G; ++e) {
+                    const int64_t d = d0 + e;
+                    o[e] = static_cast<float>((x[d >> 2] >> ((d & 3) * 2)) & 3) * sc + z;
+                }
+            }
+        }
+    }
+}
+
+inline void load_prefix_row(const Source& s, int64_t token, int64_t h, int64_t H, int64_t n, float* dst) {
+    switch (s.format) {
+        case Format::f16: return load_row<Format::f16>(s, token, 0, h, H, n, dst);
+        case Format::bf16: return load_row<Format::bf16>(s, token, 0, h, H, n, dst);
+        default: return load_row<Format::f32>(s, token, 0, h, H, n, dst);
     }
 }
 
@@ -189,7 +267,7 @@ inline void attend_block(Workspace& w, int64_t rows, int64_t nb, int64_t D, floa
     }
 }
 
-template <Format F, Format P>
+template <Format F>
 void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, int64_t q1) {
     const int64_t D = p.head_dim, half = D / 2, group = p.q_heads / p.kv_heads, tile = q1 - q0;
     const int64_t rows = group * tile;
@@ -213,12 +291,17 @@ void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, 
     };
     for (int64_t j = 0; j < p.num_slots; ++j) {
         if (!vis[j]) continue;
-        const bool pre = j < p.prefix_len;
-        const int64_t off = (static_cast<int64_t>(tok[j]) * p.kv_heads + h) * D;
-        if (pre) load_row<P>(p.prefix_k, off, D, k), load_row<P>(p.prefix_v, off, D, w.v.data() + nb * D);
-        else load_row<F>(p.bank_k, off, D, k), load_row<F>(p.bank_v, off, D, w.v.data() + nb * D);
+        float* vrow = w.v.data() + nb * D;
+        if (j < p.prefix_len) {
+            load_prefix_row(p.prefix_k, tok[j], h, p.kv_heads, D, k);
+            load_prefix_row(p.prefix_v, tok[j], h, p.kv_heads, D, vrow);
+        } else {
+            const int64_t crow = p.capsule_row ? p.capsule_row[b * p.num_slots + j] : 0;
+            load_row<F>(p.bank_k, tok[j], crow, h, p.kv_heads, D, k);
+            load_row<F>(p.bank_v, tok[j], crow, h, p.kv_heads, D, vrow);
+        }
         round_row(p.round, k, D);
-        round_row(p.round, w.v.data() + nb * D, D);
+        round_row(p.round, vrow, D);
         const float* c = p.cos + (b * p.num_slots + j) * half;
         const float* s = p.sin + (b * p.num_slots + j) * half;
         float* kr = k + D;
@@ -269,8 +352,8 @@ void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, 
         }
 }
 
-template <Format F, Format P>
-void run_formats(const Problem& p, int threads) {
+template <Format F>
+void run_format(const Problem& p, int threads) {
     const int64_t group = p.q_heads / p.kv_heads;
     const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(p.q_len, kRowsTarget / group));
     const int64_t tiles = (p.q_len + tile - 1) / tile;
@@ -281,18 +364,8 @@ void run_formats(const Problem& p, int threads) {
     parallel_for(items, workers, [&](int worker, int64_t item) {
         const int64_t t = item % tiles, bh = item / tiles;
         const int64_t q0 = t * tile, q1 = std::min(p.q_len, q0 + tile);
-        run_item<F, P>(p, ws[worker], bh / p.kv_heads, bh % p.kv_heads, q0, q1);
+        run_item<F>(p, ws[worker], bh / p.kv_heads, bh % p.kv_heads, q0, q1);
     });
-}
-
-template <Format F>
-void run_bank_format(const Problem& p, int threads) {
-    switch (p.prefix_k.format) {
-        case Format::f32: return run_formats<F, Format::f32>(p, threads);
-        case Format::f16: return run_formats<F, Format::f16>(p, threads);
-        case Format::bf16: return run_formats<F, Format::bf16>(p, threads);
-    }
-    throw std::invalid_argument("prefix_attention: unknown prefix format");
 }
 
 inline void prefix_attention(const Problem& p, int threads) {
@@ -301,9 +374,13 @@ inline void prefix_attention(const Problem& p, int threads) {
     if (p.prefix_k.format != p.prefix_v.format || p.bank_k.format != p.bank_v.format)
         throw std::invalid_argument("prefix_attention: K and V must share a storage format");
     switch (p.bank_k.format) {
-        case Format::f32: return run_bank_format<Format::f32>(p, threads);
-        case Format::f16: return run_bank_format<Format::f16>(p, threads);
-        case Format::bf16: return run_bank_format<Format::bf16>(p, threads);
+        case Format::f32: return run_format<Format::f32>(p, threads);
+        case Format::f16: return run_format<Format::f16>(p, threads);
+        case Format::bf16: return run_format<Format::bf16>(p, threads);
+        case Format::i8: return run_format<Format::i8>(p, threads);
+        case Format::i4: return run_format<Format::i4>(p, threads);
+        case Format::i2: return run_format<Format::i2>(p, threads);
+        case Format::fp8: return run_format<Format::fp8>(p, threads);
     }
     throw std::invalid_argument("prefix_attention: unknown bank format");
 }

@@ -1,0 +1,227 @@
+"""prefix_attention backends (C++, Triton under TRITON_INTERPRET=1) against the PyTorch reference.
+
+Banks are real: compiled by tiny random models in every storage scheme, so the kernels read the format exactly as
+kvi_engine.quant specifies it. Queries are scaled so attention is peaked (a wrong code, scale, rotation or slot shows
+up far above the tolerance), and own K/V have the bank's magnitude so injected tokens matter.
+"""
+import functools
+import os
+import tempfile
+
+import pytest
+import torch
+from conftest import CAPSULES, ENTITIES, tokenizer
+
+from kvi_engine import attention, dispatch
+from kvi_engine.bank import KVBank
+from kvi_engine.capsules import Capsule
+from kvi_engine.compile import add_capsules, compile_bank
+from kvi_engine.models import tiny_model
+from kvi_engine.plan import build_plan
+
+SCHEMES = ["fp32", "fp16", "bf16", "int8", "int4", "int2", "fp8", "int8:channel", "int4:g8:channel"]
+# name -> (family, bos, model dims): head dims 16/32/64/128, GQA 2, 4, 7 and MHA, with and without shared prefix.
+DIMS = {
+    "tiny": ("llama", True, dict()),
+    "d64_gqa4": ("qwen3", False, dict(hidden=128, heads=8, kv_heads=2, head_dim=64)),
+    "d128_mha": ("qwen2", True, dict(hidden=256, heads=2, kv_heads=2, head_dim=128)),
+    "d32_gqa7": ("mistral", False, dict(hidden=224, heads=7, kv_heads=1, head_dim=32)),
+}
+ONE_TOKEN = Capsule("SFTSV", "one", "virus")
+LONG = Capsule("Mira Vance", "long", " ".join(["works for the Institute of Vector Biology in Kestrel Bay"] * 8))
+TEMPLATES = {"one": "{object}", "long": "{subject} {object}."}
+EXTRA = [Capsule("Oslo", "capital_of", "Norway"), Capsule("Favipiravir", "inhibits", "viral RNA polymerase")]
+TRITON = dispatch.triton_runnable()
+_ROOT = tempfile.mkdtemp(prefix="kvi-attn-")
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(dims: str):
+    family, bos, kw = DIMS[dims]
+    return tiny_model(family, tokenizer(bos), **kw), tokenizer(bos)
+
+
+@functools.lru_cache(maxsize=None)
+def bank_for(dims: str, scheme: str, segments: int = 1):
+    m, tok = tiny(dims)
+    path = os.path.join(_ROOT, f"{dims}-{scheme.replace(':', '_')}-{segments}")
+    bank = compile_bank(m, tok, [*CAPSULES, ONE_TOKEN, LONG], path, quant=scheme, entities=ENTITIES,
+                        templates=TEMPLATES, progress=False)
+    assert bank.ranges[5, 1] == 1 and bank.ranges[6, 1] > 60, "need a one-token and a long capsule"
+    if segments > 1:
+        add_capsules(path, m, tok, EXTRA, templates=TEMPLATES, progress=False)
+        bank = KVBank.open(path)
+    return bank
+
+
+def inputs(dims, bank, batch, q_len, kv_len, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    m, _ = tiny(dims)
+    Hq, Hkv, D = m.config.num_attention_heads, bank.shape.num_kv_heads, bank.shape.head_dim
+    k_std = bank.gather_kv(0, torch.arange(bank.num_tokens))[0].float().std().item()
+    q = torch.randn(batch, Hq, q_len, D, generator=g) * (4 / k_std / D ** 0.25)
+    k = torch.randn(batch, Hkv, kv_len, D, generator=g) * k_std
+    v = torch.randn(batch, Hkv, kv_len, D, generator=g) * k_std
+    return m, q.to(dtype), k.to(dtype), v.to(dtype)
+
+
+def rows(bank, batch, seed=0, long=True):
+    """Ragged capsule lists: empty rows, the one-token and the long capsule, anchors, varying order. The
+    interpreter pays for the widest row in every row, so its cases can leave the long capsule out."""
+    g = torch.Generator().manual_seed(seed)
+    base = [[], [5], [6, 0] if long else [2, 0], [3, 1, 4], [bank.num_capsules - 1, 5, 2],
+            [0, 1, 2, 3, 4, 5, 6] if long else [0, 5, 3]]
+    out = []
+    for r in range(batch):
+        ids = base[r % len(base)]
+        perm = torch.randperm(len(ids), generator=g).tolist()
+        out.append([ids[i] for i in perm])
+    return out
+
+
+def assert_close(got, want, atol, what):
+    """allclose that says where and by how much the worst element differs."""
+    got, want = got.float(), want.float()
+    both_inf = torch.isinf(got) & torch.isinf(want) & (got.sign() == want.sign())
+    diff = torch.where(both_inf, 0.0, (got - want).abs()).nan_to_num(float("inf"))
+    if diff.max() > atol:
+        idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
+        raise AssertionError(f"{what}: {int((diff > atol).sum())} of {diff.numel()} elements differ by more than "
+                             f"{atol}; worst {diff.max().item():.3g} at {idx}: got {got[idx].item():.6g}, "
+                             f"want {want[idx].item():.6g}")
+
+
+TOL = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (4e-2, 4e-2)}
+
+
+def check(backend, bank, plan, q, k, v, mask, m, layers=None, dtype=torch.float32):
+    for layer in layers if layers is not None else range(bank.num_layers):
+        want, want_lse = attention.reference(q, k, v, mask, plan, layer, m, None)
+        got, got_lse = attention.prefix_attention(q, k, v, mask, plan, layer, m, None, backend=backend,
+                                                  return_lse=True)
+        assert got.dtype == q.dtype and got.shape == want.shape
+        atol, lse_tol = TOL[dtype]
+        if backend == "triton" and dtype == torch.bfloat16:  # the interpreter truncates float -> bf16
+            atol, lse_tol = 2 * atol, 2 * lse_tol
+        assert_close(got, want, atol, f"{backend} out, layer {layer}")
+        assert_close(got_lse, want_lse, lse_tol, f"{backend} lse, layer {layer}")
+
+
+def padded_mask(batch, q_len, kv_len, seed=0):
+    """Causal own-KV mask with left padding of varying width; one row fully padded (sees only injected tokens)."""
+    mask = attention.causal_mask(q_len, kv_len, batch, "cpu").clone()
+    for r in range(batch):
+        mask[r, :, :, : (r * 3) % max(kv_len, 1)] = False
+    mask[batch // 2] = False
+    return mask
+
+
+BACKENDS = ["cpp", pytest.param("triton", marks=pytest.mark.skipif(not TRITON, reason="needs Triton"))]
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_bank_format(backend, scheme):
+    bank = bank_for("tiny", scheme)
+    light = backend == "triton"
+    m, q, k, v = inputs("tiny", bank, 6, 4, 7)
+    plan = build_plan(bank, rows(bank, 6, long=not light), capsule_layers={3: [1], 6: [], 5: [0]})
+    check(backend, bank, plan, q, k, v, None, m, layers=[1] if light else None)
+
+
+@pytest.mark.parametrize("dims", list(DIMS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_head_dims_and_gqa(backend, dims):
+    scheme = "int4" if backend == "triton" else "int8"
+    bank = bank_for(dims, scheme)
+    m, q, k, v = inputs(dims, bank, 5, 3, 6, seed=1)
+    check(backend, bank, build_plan(bank, rows(bank, 5, seed=1, long=backend == "cpp")), q, k, v, None, m,
+          layers=[1])
+    if backend == "cpp":  # cheap natively: more schemes at this size too
+        for s in ("int4", "fp8"):
+            b = bank_for(dims, s)
+            check(backend, b, build_plan(b, rows(b, 5, seed=2)), q, k, v, padded_mask(5, 3, 6), m, layers=[0])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_odd_sizes_prefill_and_decode(backend):
+    """Batch 17, query 53 over own KV 97 (scaled down for the interpreter), decode steps, explicit padded masks."""
+    bank = bank_for("d64_gqa4", "int8")
+    big = backend == "cpp"
+    B, Q, KV = (17, 53, 97) if big else (17, 3, 5)
+    plan = build_plan(bank, rows(bank, B, seed=3, long=big), layers=[1], capsule_layers={0: (0, 2)})
+    m, q, k, v = inputs("d64_gqa4", bank, B, Q, KV, seed=3)
+    check(backend, bank, plan, q, k, v, padded_mask(B, Q, KV), m, layers=[0])  # padding, a fully padded row
+    check(backend, bank, plan, q[:, :, -1:], k, v, None, m, layers=[1])        # decode: one query
+    if big:
+        check(backend, bank, plan, q, k, v, None, m)                           # prefill tail, causal
+        additive = torch.zeros(B, 1, Q, KV).masked_fill(~padded_mask(B, Q, KV), torch.finfo(torch.float32).min)
+        check(backend, bank, plan, q, k, v, additive, m, layers=[1])           # HF's float mask form
+        m, q, k, v = inputs("d64_gqa4", bank, 3, 41, 41, seed=4)                           # prefill from scratch (Q == KV)
+        check(backend, bank, build_plan(bank, rows(bank, 3, seed=4)), q, k, v, None, m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_half_activations(backend, dtype):
+    bank = bank_for("tiny", "bf16" if dtype == torch.bfloat16 else "int4")
+    m, q, k, v = inputs("tiny", bank, 4, 3, 5, dtype=dtype, seed=5)
+    check(backend, bank, build_plan(bank, rows(bank, 4, seed=5, long=False)), q, k, v, padded_mask(4, 3, 5), m,
+          layers=[0], dtype=dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_plans_and_segmented_bank(backend):
+    bank = bank_for("tiny", "int4:g8:channel", segments=2)
+    assert len(bank.segments) == 2
+    m, q, k, v = inputs("tiny", bank, 4, 2, 4, seed=6)
+    new = bank.num_capsules - 1  # in the second segment
+    for caps in ([[], [], [], []], [[new], [0, new - 1], [], [5, new, 6]]):
+        plan = build_plan(bank, caps, capsule_layers={0: [0]})
+        check(backend, bank, plan, q, k, v, None, m, layers=[1])
+    no_prefix = bank_for("d64_gqa4", "fp16")
+    m, q, k, v = inputs("d64_gqa4", no_prefix, 2, 1, 1, seed=7)
+    check(backend, no_prefix, build_plan(no_prefix, [[], []]), q, k, v, None, m)  # nothing injected at all
+
+
+def test_dispatch_selection_and_forced_backends(monkeypatch):
+    cpu, meta = torch.device("cpu"), torch.device("meta")
+    assert attention.select(cpu)[0] == "cpp"  # Triton under the interpreter is never chosen automatically
+    assert attention.select(meta)[0] == "reference"
+    with pytest.raises(dispatch.BackendUnavailable, match="cannot run on meta"):
+        attention.select(meta, "cpp")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    if not dispatch.cuda_available():
+        with pytest.raises(dispatch.BackendUnavailable, match="triton"):
+            attention.select(cpu, "triton")
+    monkeypatch.setenv("KVI_BACKEND_PREFIX_ATTENTION", "reference")
+    assert attention.select(cpu)[0] == "reference"
+
+
+def test_cpp_rejects_bad_input():
+    from kvi_engine import _core
+
+    bank = bank_for("tiny", "int8")
+    m, q, k, v = inputs("tiny", bank, 2, 2, 3)
+    plan = build_plan(bank, [[0], [1]])
+    with pytest.raises(TypeError, match="float64|dtype"):
+        attention.cpp(q.double(), k.double(), v.double(), None, plan, 0, m)
+    with pytest.raises(ValueError, match="plan has 1 rows|own_k|shape"):
+        attention.cpp(q, k[:1], v[:1], None, plan, 0, m)
+    t = plan.slot_tables("cpu")[0]
+    cos, sin = plan.rope_table(torch.float32)
+    src = attention.bank_layer(bank, 0)
+    bad = t.token.clone()
+    bad[1, -1] = bank.num_tokens + 5
+    out, lse = torch.empty(2, 4, 2, 16), torch.empty(2, 4, 2)
+    args = dict(query=q.numpy(), own_k=k.numpy(), own_v=v.numpy(), own_mask=None, bank_k=src.k.numpy(),
+                bank_v=src.v.numpy(), bank_format="int8", prefix_k=src.prefix_k.numpy(), prefix_v=src.prefix_v.numpy(),
+                prefix_format="fp16", token=bad.numpy(), visible=t.visible[0].numpy(), cos=cos.numpy(), sin=sin.numpy(),
+                out=out.numpy(), lse=lse.numpy(), scale=0.25, k_scale=src.k_scale.numpy(), v_scale=src.v_scale.numpy(),
+                group_size=16)
+    with pytest.raises(ValueError, match="reads token"):
+        _core.prefix_attention(**args)
+    with pytest.raises(ValueError, match="needs its scales"):
+        _core.prefix_attention(**{**args, "token": t.token.numpy(), "k_scale": None})
+    with pytest.raises(ValueError, match="unknown storage format"):
+        _core.prefix_attention(**{**args, "token": t.token.numpy(), "bank_format": "int3"})
