@@ -2,7 +2,8 @@
 
 Work is built at the token level so the comparison is exact: RAG puts the very statement tokens KVI injects in
 front of the prompt; LLM sees the prompt alone. TTFT = request in hand -> first token chosen: for KVI it includes
-building the injection plan and gathering capsules from the bank, every time.
+building the injection plan and gathering capsules from the bank, every time. Methods are timed round-robin and
+ratios use each method's fastest repeat, which is the least disturbed by other load on the machine.
 """
 from __future__ import annotations
 
@@ -48,14 +49,17 @@ def _first_token(model, ids: torch.Tensor) -> torch.Tensor:
     return out.logits[:, -1].argmax(-1)
 
 
-def _timed(fn, repeats: int, warmup: int) -> list[float]:
+def _timed_interleaved(runs: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Round-robin over the methods each repeat, so load from other processes hits every method alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in runs.values():
+            fn()
+    times = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
     return times
 
 
@@ -75,14 +79,12 @@ def measure_ttft(model, bank: KVBank, prompt_ids: list[int], capsule_ids: list[i
             _first_token(model, kvi_prompt)
 
     runs = {"llm": lambda: _first_token(model, prompt), "rag": lambda: _first_token(model, rag), "kvi": kvi}
-    rows = []
-    for name in methods:
-        times = _timed(runs[name], repeats, warmup)
-        rows.append(TTFTRow(name, len(capsule_ids), batch, len(prompt_ids),
-                            0 if name == "llm" else len(knowledge), 1e3 * statistics.median(times), 1e3 * min(times)))
-    llm = next((r.ttft_ms for r in rows if r.method == "llm"), None)
-    for r in rows:
-        r.ratio_to_llm = r.ttft_ms / llm if llm else float("nan")
+    times = _timed_interleaved({m: runs[m] for m in methods}, repeats, warmup)
+    rows = [TTFTRow(name, len(capsule_ids), batch, len(prompt_ids), 0 if name == "llm" else len(knowledge),
+                    1e3 * statistics.median(t), 1e3 * min(t)) for name, t in times.items()]
+    llm = next((r.ttft_ms_min for r in rows if r.method == "llm"), None)
+    for r in rows:  # ratios of the minima: the least disturbed run of each method on a shared machine
+        r.ratio_to_llm = r.ttft_ms_min / llm if llm else float("nan")
     return rows
 
 
