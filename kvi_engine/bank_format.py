@@ -12,6 +12,7 @@ O(1) in the size of the bank. Section data is checked against its crc32 when ver
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import struct
@@ -135,7 +136,7 @@ class Container:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: no such bank file")
+            raise FileNotFoundError(errno.ENOENT, "no such bank file", str(self.path))
         with open(self.path, "rb") as f:  # one descriptor: header and data come from the same file version
             size = os.fstat(f.fileno()).st_size
             if size < PREAMBLE_SIZE:

@@ -164,7 +164,8 @@ class Snapshot:
         root = Path(root)
         if root.is_file():
             return cls(root.parent, [Segment(root)], None, 0)
-        for attempt in range(_OPEN_RETRIES):
+        missing = None
+        for _ in range(_OPEN_RETRIES):
             mpath = root / MANIFEST_FILE
             try:
                 manifest = Container(mpath)
@@ -184,8 +185,14 @@ class Snapshot:
                 raise BankFormatError(f"{mpath}: bad segment list {files}")
             try:
                 segments = [Segment(root / f) for f, _ in files]
-            except FileNotFoundError:
-                continue  # a compaction replaced the manifest after we read it: read the new one
+            except FileNotFoundError as e:
+                # A compaction replaced the manifest after we read it: read the new one. The same manifest naming
+                # the same missing file twice is a broken bank, not a race.
+                if missing == (generation, e.filename):
+                    raise BankFormatError(f"{e.filename}: segment file named by {mpath} (generation "
+                                          f"{generation}) is missing") from None
+                missing = (generation, e.filename)
+                continue
             for seg, (f, sid) in zip(segments, files):
                 if seg.segment_id != sid:
                     raise BankFormatError(f"{seg.path}: segment id {seg.segment_id!r} is not the {sid!r} the "
