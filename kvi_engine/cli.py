@@ -81,32 +81,38 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_ask(args) -> int:
-    from kvi_engine import KVBank, KVIEngine
-    from kvi_engine.prompts import qa_prompt
-    from kvi_engine.select import CapsuleSelector
+    from kvi_engine import KVBank, KVIEngine, load_entities
+    from kvi_engine.pipeline import QueryPipeline
+    from kvi_engine.retrieval import RetrievalConfig
     bank = KVBank.open(args.bank)
     model, tok = _load(args)
     engine = KVIEngine(model, tok, bank)
     questions = args.question
-    if args.capsules is not None:
-        capsule_ids = [args.capsules] * len(questions)
-    else:
-        capsule_ids = CapsuleSelector(bank).select(questions, top_k=args.top_k)
-    for q, ids in zip(questions, capsule_ids):
-        if not ids:
-            print(f"note: no capsule matches an entity of {q!r}; answering without injection", file=sys.stderr)
-    prompts = [qa_prompt(q) for q in questions]
-    kvi = engine.generate(prompts, capsule_ids, max_new_tokens=args.max_new_tokens, chat=args.chat)
-    plain = None if args.no_compare else engine.generate(prompts, None, max_new_tokens=args.max_new_tokens,
-                                                         chat=args.chat)
-    for i, q in enumerate(questions):
-        print(f"Q: {q}")
-        print(f"   capsules: {capsule_ids[i]}")
-        for c in capsule_ids[i]:
-            print(f"     [{c}] {bank.statement(c)}")
-        print(f"   KVI: {kvi.texts[i].strip()}")
+    opts = dict(max_new_tokens=args.max_new_tokens, chat=args.chat)
+    if args.capsules is not None:  # explicit ids: plain injection, no retrieval
+        from kvi_engine.prompts import qa_prompt
+        out = engine.generate([qa_prompt(q) for q in questions], [args.capsules] * len(questions), **opts)
+        for q, text in zip(questions, out.texts):
+            print(f"Q: {q}\n   capsules: {args.capsules}\n   KVI: {text.strip()}")
+        return 0
+    entities = load_entities(args.entities) if args.entities else ()
+    pipe = QueryPipeline.from_engine(engine, entities, config=RetrievalConfig(top_k=args.top_k))
+    kvi = engine.answer(questions, "KVI", pipeline=pipe, **opts)
+    plain = None if args.no_compare else engine.answer(questions, "LLM", pipeline=pipe, **opts)
+    for i, a in enumerate(kvi):
+        t = a.trace
+        print(f"Q: {a.question}")
+        print(f"   entities: {', '.join(t.entities) or '-'}; intent: {', '.join(t.intent) or '-'}")
+        if t.fallback:
+            print(f"   note: {t.fallback}")
+        print(f"   capsules: {t.injected}")
+        scored = {x["capsule_id"]: x for x in t.triples}
+        for c, statement in zip(t.injected, t.injected_statements):
+            x = scored.get(c)
+            print(f"     [{c}] {statement}" + (f"  (score {x['score']:.3f}, hop {x['hop']})" if x else "  (anchor)"))
+        print(f"   KVI: {a.text or '(nothing grounded)'}" + (f"   [raw: {t.raw.strip()!r}]" if t.dropped else ""))
         if plain is not None:
-            print(f"   LLM: {plain.texts[i].strip()}")
+            print(f"   LLM: {plain[i].text}")
     return 0
 
 
@@ -148,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="answer questions with and without injected capsules")
     p.add_argument("--bank", required=True)
     p.add_argument("--question", "-q", action="append", required=True, help="repeat for a batch")
-    p.add_argument("--capsules", type=_parse_ids, help="comma-separated capsule ids (default: entity match)")
+    p.add_argument("--capsules", type=_parse_ids, help="comma-separated capsule ids (default: the query pipeline)")
+    p.add_argument("--entities", help="entities JSONL (aliases for entity linking)")
     p.add_argument("--top-k", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")

@@ -109,3 +109,14 @@ class KVIEngine:
         texts = self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
         return Generation(texts, token_ids, mask.sum(1).tolist(), first.get("t", t0 + total) - t0, total,
                           None if capsule_ids is None else [list(r) for r in capsule_ids])
+
+    def answer(self, questions: Sequence[str], method: str = "KVI", *, pipeline=None, **options) -> list:
+        """Answer with the full query pipeline (:mod:`kvi_engine.pipeline`): retrieval for ``method`` (default KVI:
+        graph + dual channel), batched generation, grounding; every answer carries its trace. ``pipeline``
+        defaults to one over this engine's bank (graph rebuilt from its capsule records)."""
+        from kvi_engine.pipeline import QueryPipeline
+        if pipeline is None:
+            if getattr(self, "_pipeline", None) is None:
+                self._pipeline = QueryPipeline.from_engine(self)
+            pipeline = self._pipeline
+        return pipeline.answer(questions, method, **options)
