@@ -155,3 +155,30 @@ def test_bad_input_errors(loaded, kpr_dir, tmp_path):
     with pytest.raises(EntityTableError, match="entity_dim=24"):
         KPRTokenizer.from_pretrained(str(wrong_dim))
     assert (kpr_dir / VOCAB_FILE).is_file()
+
+
+def test_kpr_encoder_is_a_drop_in_dense_retriever(kpr_dir):
+    """Integration point: the RAG/KV-Prefix dense index takes any encode_queries/encode_passages object."""
+    from kvi_engine.retrieval.dense import DenseIndex
+
+    enc = KPREncoder(kpr_dir)
+    passages = ["Kesul Bomive was born in Kanolmoor.", "Café Zürich serves soup.", "Oriel Dask paints.",
+                "A sentence about nothing in particular."]
+    index = DenseIndex([f"p{i}" for i in range(4)], passages, enc, exact=True)
+    hits = index.search(["Where was the Ashen Lantern born?", "Who is Dask?"], k=4)
+    expected = np.argsort(-(enc.encode_queries(["Where was the Ashen Lantern born?", "Who is Dask?"])
+                            @ enc.encode_passages(passages).T), axis=1, kind="stable")
+    assert [[h.id for h in row] for row in hits] == [[f"p{j}" for j in row] for row in expected]
+
+
+def test_kpr_encoder_as_the_drm_embedding_scorer(kpr_dir):
+    from kvi_engine.capsules import Capsule
+    from kvi_engine.retrieval.drm import DRMConfig, DRMScorer
+
+    enc = KPREncoder(kpr_dir)
+    caps = [Capsule("Kesul Bomive", "born_in", "Kanolmoor"), Capsule("Oriel Dask", "works_for", "Café Zürich")]
+    (scored,) = DRMScorer(enc, DRMConfig(alpha=0.0, relation_bonus=0.0)).score(["Where was the Ashen Lantern born?"],
+                                                                            [caps])
+    sims = enc.encode_passages([DRMScorer(enc).statement(c) for c in caps]) @ enc.encode_queries(
+        ["Where was the Ashen Lantern born?"])[0]
+    assert sorted(s.embedding for s in scored) == pytest.approx(sorted(np.clip(sims, 0, 1).tolist()), abs=1e-6)

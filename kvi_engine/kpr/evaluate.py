@@ -48,10 +48,10 @@ def evaluate(encoders: dict, corpus: dict[str, str], queries: list[dict], ks=KS)
 
 
 def format_table(results: dict, ks=KS) -> str:
-    lines = [f"{'retriever':<10} {'subset':<8} {'n':>5} " + " ".join(f"{'R@' + str(k):>7}" for k in ks)]
+    lines = [f"{'retriever':<18} {'subset':<8} {'n':>5} " + " ".join(f"{'R@' + str(k):>7}" for k in ks)]
     for name, by_subset in results.items():
         for subset, r in by_subset.items():
-            lines.append(f"{name:<10} {subset:<8} {r['n']:>5} " + " ".join(f"{100 * r[f'recall@{k}']:>6.1f}%"
+            lines.append(f"{name:<18} {subset:<8} {r['n']:>5} " + " ".join(f"{100 * r[f'recall@{k}']:>6.1f}%"
                                                                           for k in ks))
     return "\n".join(lines)
 
