@@ -4,7 +4,7 @@
 //
 // Work items are (row, kv head, query tile): every item streams its row's injected keys/values once, in blocks of
 // kBlock slots, and reuses each block for all `group * tile` query rows of that kv head (GQA sharing). Inner loops
-// are axpy-shaped (no floating-point reductions) so -O3 vectorises them without -ffast-math.
+// are register-blocked micro-kernels on GCC/Clang generic 4-float vectors (SSE/NEON without -march flags).
 #pragma once
 
 #include <algorithm>
@@ -113,7 +113,7 @@ inline void validate(const Problem& p) {
         fail("empty or negative dimension");
     if (p.q_heads % p.kv_heads) fail("q_heads " + std::to_string(p.q_heads) + " is not a multiple of kv_heads " +
                                      std::to_string(p.kv_heads));
-    if (p.head_dim < 2 || p.head_dim % 2) fail("head_dim must be even, got " + std::to_string(p.head_dim));
+    if (p.head_dim < 4 || p.head_dim % 4) fail("head_dim must be a multiple of 4, got " + std::to_string(p.head_dim));
     if (p.prefix_len < 0 || p.prefix_len > p.num_slots) fail("prefix_len exceeds the slot table width");
     if (p.prefix_k.tokens != p.prefix_len || p.prefix_v.tokens != p.prefix_len)
         fail("prefix K/V hold " + std::to_string(p.prefix_k.tokens) + " tokens, the plan expects " +
@@ -215,8 +215,48 @@ inline void round_row(Round r, float* x, int64_t n) {
         for (int64_t d = 0; d < n; ++d) x[d] = round_bf16(x[d]);
 }
 
-constexpr int64_t kBlock = 64;    // slots per block: kT is head_dim x kBlock floats
+constexpr int64_t kBlock = 64;       // slots per block: kT is head_dim x kBlock floats
 constexpr int64_t kRowsTarget = 64;  // query rows (group x tile) sharing one pass over the keys
+constexpr int64_t kRowBlock = 4;     // rows per micro-kernel step (row counts are padded to a multiple)
+
+// GCC/Clang generic vectors: 4 floats map to SSE/NEON on any target, no -march needed.
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x4 __attribute__((vector_size(16)));
+
+inline f32x4 load4(const float* p) {
+    f32x4 v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+inline void store4(float* p, f32x4 v) { std::memcpy(p, &v, sizeof v); }
+inline f32x4 splat4(float x) { return f32x4{x, x, x, x}; }
+
+// e^x, Cephes single-precision polynomial (about 1 ulp); -inf and underflow give 0.
+inline f32x4 exp4(f32x4 x) {
+    const f32x4 lo = splat4(-87.3365447504f), hi = splat4(88.3762626647949f);
+    const i32x4 under = x < lo;
+    x = x > hi ? hi : x;
+    x = x < lo ? lo : x;
+    f32x4 fx = x * splat4(1.44269504088896341f) + splat4(0.5f);
+    i32x4 n = __builtin_convertvector(fx, i32x4);
+    f32x4 fn = __builtin_convertvector(n, f32x4);
+    const i32x4 too_big = fn > fx;
+    n += too_big;  // true lanes are -1: floor for negative inputs
+    fn = __builtin_convertvector(n, f32x4);
+    const f32x4 r = x - fn * splat4(0.693359375f) - fn * splat4(-2.12194440e-4f);
+    f32x4 y = splat4(1.9875691500e-4f);
+    y = y * r + splat4(1.3981999507e-3f);
+    y = y * r + splat4(8.3334519073e-3f);
+    y = y * r + splat4(4.1665795894e-2f);
+    y = y * r + splat4(1.6666665459e-1f);
+    y = y * r + splat4(5.0000001201e-1f);
+    y = y * (r * r) + r + splat4(1.0f);
+    f32x4 pow2;
+    const i32x4 bits = (n + 127) << 23;
+    std::memcpy(&pow2, &bits, sizeof pow2);
+    y = y * pow2;
+    return under ? splat4(0.0f) : y;
+}
 
 struct Workspace {
     std::vector<float> q, acc, s, kT, v, m, l, row;
@@ -226,43 +266,69 @@ struct Workspace {
     }
 };
 
-// Online-softmax update of `rows` query rows with a block of nb keys (kT: [D][kBlock]) and values (v: [nb][D]).
-// mask(r, n) -> false hides key n from row r.
+// Online-softmax update of `rows` (a multiple of kRowBlock) query rows with a block of nb keys (kT: [D][kBlock],
+// columns past nb hold finite stale values) and values (v: [nb][D]). mask(r, n) -> false hides key n from row r.
 template <class Mask>
 inline void attend_block(Workspace& w, int64_t rows, int64_t nb, int64_t D, float scale, const float* v, Mask&& mask) {
     const float ninf = -std::numeric_limits<float>::infinity();
+    const int64_t nb4 = (nb + 3) & ~int64_t(3), nb8 = (nb + 7) & ~int64_t(7);
+    // Scores: 4 rows x 8 keys of accumulators, one kT row load shared by 4 rows.
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+        const float* q0 = w.q.data() + r0 * D;
+        for (int64_t n0 = 0; n0 < nb8; n0 += 8) {
+            f32x4 a[kRowBlock][2] = {};
+            for (int64_t d = 0; d < D; ++d) {
+                const float* kd = w.kT.data() + d * kBlock + n0;
+                const f32x4 k0 = load4(kd), k1 = load4(kd + 4);
+                for (int64_t r = 0; r < kRowBlock; ++r) {
+                    const f32x4 qd = splat4(q0[r * D + d]);
+                    a[r][0] += qd * k0;
+                    a[r][1] += qd * k1;
+                }
+            }
+            for (int64_t r = 0; r < kRowBlock; ++r) {
+                float* sr = w.s.data() + (r0 + r) * kBlock + n0;
+                store4(sr, a[r][0]);
+                store4(sr + 4, a[r][1]);
+            }
+        }
+    }
     for (int64_t r = 0; r < rows; ++r) {
         float* sr = w.s.data() + r * kBlock;
-        const float* qr = w.q.data() + r * D;
-        for (int64_t n = 0; n < nb; ++n) sr[n] = 0.0f;
-        for (int64_t d = 0; d < D; ++d) {
-            const float qd = qr[d];
-            const float* kd = w.kT.data() + d * kBlock;
-            for (int64_t n = 0; n < nb; ++n) sr[n] += qd * kd[n];
-        }
         float bmax = ninf;
-        for (int64_t n = 0; n < nb; ++n) {
-            sr[n] = mask(r, n) ? sr[n] * scale : ninf;
+        for (int64_t n = 0; n < nb4; ++n) {
+            sr[n] = n < nb && mask(r, n) ? sr[n] * scale : ninf;
             bmax = std::max(bmax, sr[n]);
         }
         const float m_new = std::max(w.m[r], bmax);
-        if (m_new == ninf) continue;
-        const float corr = w.m[r] == ninf ? 0.0f : std::exp(w.m[r] - m_new);
-        float sum = 0.0f;
-        for (int64_t n = 0; n < nb; ++n) {
-            sr[n] = std::exp(sr[n] - m_new);
-            sum += sr[n];
+        if (m_new == ninf) {
+            std::fill(sr, sr + nb4, 0.0f);
+            continue;
         }
-        w.l[r] = w.l[r] * corr + sum;
+        const float corr = w.m[r] == ninf ? 0.0f : std::exp(w.m[r] - m_new);
+        f32x4 sum4 = {};
+        for (int64_t n = 0; n < nb4; n += 4) {
+            const f32x4 e = exp4(load4(sr + n) - splat4(m_new));
+            store4(sr + n, e);
+            sum4 += e;
+        }
+        w.l[r] = w.l[r] * corr + (sum4[0] + sum4[1] + sum4[2] + sum4[3]);
         w.m[r] = m_new;
         float* ar = w.acc.data() + r * D;
         if (corr != 1.0f)
             for (int64_t d = 0; d < D; ++d) ar[d] *= corr;
-        for (int64_t n = 0; n < nb; ++n) {
-            const float pn = sr[n];
-            if (pn == 0.0f) continue;
-            const float* vn = v + n * D;
-            for (int64_t d = 0; d < D; ++d) ar[d] += pn * vn[d];
+    }
+    // acc += P V: 4 rows x 4 channels of accumulators, one V load shared by 4 rows.
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+        const float* p0 = w.s.data() + r0 * kBlock;
+        for (int64_t d0 = 0; d0 < D; d0 += 4) {
+            f32x4 a[kRowBlock];
+            for (int64_t r = 0; r < kRowBlock; ++r) a[r] = load4(w.acc.data() + (r0 + r) * D + d0);
+            for (int64_t n = 0; n < nb; ++n) {
+                const f32x4 vn = load4(v + n * D + d0);
+                for (int64_t r = 0; r < kRowBlock; ++r) a[r] += splat4(p0[r * kBlock + n]) * vn;
+            }
+            for (int64_t r = 0; r < kRowBlock; ++r) store4(w.acc.data() + (r0 + r) * D + d0, a[r]);
         }
     }
 }
@@ -270,15 +336,16 @@ inline void attend_block(Workspace& w, int64_t rows, int64_t nb, int64_t D, floa
 template <Format F>
 void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, int64_t q1) {
     const int64_t D = p.head_dim, half = D / 2, group = p.q_heads / p.kv_heads, tile = q1 - q0;
-    const int64_t rows = group * tile;
+    const int64_t rows = group * tile, padded = (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
     const float ninf = -std::numeric_limits<float>::infinity();
+    std::fill(w.q.begin() + rows * D, w.q.begin() + padded * D, 0.0f);
     for (int64_t g = 0; g < group; ++g)
         for (int64_t i = 0; i < tile; ++i)
             std::memcpy(w.q.data() + (g * tile + i) * D,
                         p.query + (((b * p.q_heads + h * group + g) * p.q_len) + q0 + i) * D, D * sizeof(float));
-    std::fill(w.acc.begin(), w.acc.begin() + rows * D, 0.0f);
-    std::fill(w.m.begin(), w.m.begin() + rows, ninf);
-    std::fill(w.l.begin(), w.l.begin() + rows, 0.0f);
+    std::fill(w.acc.begin(), w.acc.begin() + padded * D, 0.0f);
+    std::fill(w.m.begin(), w.m.begin() + padded, ninf);
+    std::fill(w.l.begin(), w.l.begin() + padded, 0.0f);
 
     // Injected slots: gather visible ones into blocks, dequantise, rotate, attend.
     const int32_t* tok = p.token + b * p.num_slots;
@@ -286,7 +353,7 @@ void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, 
     float* k = w.row.data();
     int64_t nb = 0;
     auto flush = [&]() {
-        attend_block(w, rows, nb, D, p.scale, w.v.data(), [](int64_t, int64_t) { return true; });
+        attend_block(w, padded, nb, D, p.scale, w.v.data(), [](int64_t, int64_t) { return true; });
         nb = 0;
     };
     for (int64_t j = 0; j < p.num_slots; ++j) {
@@ -326,10 +393,10 @@ void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, 
             for (int64_t d = 0; d < D; ++d) w.kT[d * kBlock + t] = ok[(j0 + t) * D + d];
         if (p.own_mask) {
             const uint8_t* mb = p.own_mask + b * p.q_len * p.kv_len;
-            attend_block(w, rows, n, D, p.scale, ov + j0 * D,
+            attend_block(w, padded, n, D, p.scale, ov + j0 * D,
                          [&](int64_t r, int64_t t) { return mb[(q0 + r % tile) * p.kv_len + j0 + t] != 0; });
         } else {
-            attend_block(w, rows, n, D, p.scale, ov + j0 * D,
+            attend_block(w, padded, n, D, p.scale, ov + j0 * D,
                          [&](int64_t r, int64_t t) { return j0 + t <= q0 + r % tile + shift; });
         }
     }
@@ -360,7 +427,7 @@ void run_format(const Problem& p, int threads) {
     const int64_t items = p.batch * p.kv_heads * tiles;
     const int workers = resolve_threads(threads, items);
     std::vector<Workspace> ws(workers);
-    for (auto& w : ws) w.resize(group * tile, p.head_dim);
+    for (auto& w : ws) w.resize((group * tile + kRowBlock - 1) / kRowBlock * kRowBlock, p.head_dim);
     parallel_for(items, workers, [&](int worker, int64_t item) {
         const int64_t t = item % tiles, bh = item / tiles;
         const int64_t q0 = t * tile, q1 = std::min(p.q_len, q0 + tile);

@@ -1,0 +1,145 @@
+"""Fused prefix attention vs the unfused reference path, per bank format, batch and injected length.
+
+    python bench/bench_attention.py                       # CPU: C++ kernel vs reference (bench model geometry)
+    python bench/bench_attention.py --device cuda         # GPU: Triton kernel vs reference (Llama-3-8B geometry)
+
+One attention layer is timed, as one layer of a forward pass runs it:
+- ``reference``      the unfused path at a layer's first use: gather the plan's tokens from the bank, dequantise,
+                     rotate, concatenate with the row's own KV, SDPA (what every prefill pays per layer);
+- ``reference_warm`` the same with the gathered KV already cached by the plan (later decode steps; the cache holds a
+                     dequantised copy of every injected token of every layer for the plan's life);
+- ``cpp`` / ``triton`` the fused kernel reading the bank in its storage format (plan tables built once per batch).
+Backends are timed round-robin (load from other processes hits all alike); the fastest repeat is reported.
+GB/s counts the bytes the op must read (bank codes + scales of the injected tokens, own KV, queries) and write.
+Writes bench/results/attention_<device>.{csv,json} with device and commit in every row.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from kvi_engine import attention
+from kvi_engine.compile import compile_bank
+from kvi_engine.models import tiny_model, tiny_tokenizer
+from kvi_engine.overhead import _timed_interleaved, machine_info, synthetic_capsules, write_results
+from kvi_engine.plan import build_plan
+
+GEOMETRY = {"cpu": dict(hidden=768, heads=12, kv_heads=4), "cuda": dict(hidden=4096, heads=32, kv_heads=8)}
+
+
+def bank_for(scheme: str, geometry: dict, num_capsules: int, root: str, device: str):
+    tok = tiny_tokenizer(vocab_size=8192)
+    model = tiny_model("qwen2", tok, layers=1, intermediate=1024, **geometry).to(device)
+    return model, compile_bank(model, tok, synthetic_capsules(num_capsules), f"{root}/{scheme}", quant=scheme,
+                               progress=False)
+
+
+def capsule_rows(bank, batch: int, tokens: int) -> list[list[int]]:
+    lengths = bank.ranges[:, 1].tolist()
+    rows = []
+    for r in range(batch):
+        row, total, j = [], 0, 0
+        while total < tokens:
+            c = (r * 37 + j * 11) % bank.num_capsules
+            if c not in row:
+                row.append(c)
+                total += lengths[c]
+            j += 1
+        rows.append(row)
+    return rows
+
+
+def hbm_bandwidth(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    x = torch.empty(512 * 2 ** 20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        y.copy_(x)
+    torch.cuda.synchronize()
+    return 2 * x.numel() * 20 / (time.perf_counter() - t0) / 1e9
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--schemes", nargs="+", default=["fp16", "int8", "int4"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--tokens", type=int, nargs="+", default=None, help="injected tokens per row")
+    ap.add_argument("--modes", nargs="+", default=["prefill", "decode"])
+    ap.add_argument("--prompt", type=int, default=32, help="own tokens per row (prefill queries)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    dev = args.device
+    fused = "cpp" if dev == "cpu" else "triton"
+    tokens = args.tokens or ([128, 512, 2048] if dev == "cpu" else [128, 512, 1024, 2048])
+    geometry = GEOMETRY[dev]
+    Hq, Hkv, D = geometry["heads"], geometry["kv_heads"], geometry["hidden"] // geometry["heads"]
+    machine = machine_info()
+    device_name = machine["cuda"] if dev == "cuda" else machine["processor"]
+    hbm = hbm_bandwidth(dev)
+    rows = []
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory() as root, torch.no_grad():
+        for scheme in args.schemes:
+            model, bank = bank_for(scheme, geometry, 2 * max(tokens) // 10, root, dev)
+            bytes_per_token = bank.bytes_per_token  # one layer: codes + scales of K and V
+            for batch in args.batch:
+                for n in tokens:
+                    plan = build_plan(bank, capsule_rows(bank, batch, n))
+                    injected = int(plan.valid.sum()) / batch
+                    for mode in args.modes:
+                        Q, KV = (args.prompt, args.prompt) if mode == "prefill" else (1, args.prompt + 1)
+                        g = torch.Generator(device=dev).manual_seed(0)
+                        q = torch.randn(batch, Hq, Q, D, generator=g, device=dev)
+                        k = torch.randn(batch, Hkv, KV, D, generator=g, device=dev)
+                        v = torch.randn(batch, Hkv, KV, D, generator=g, device=dev)
+                        mask = attention.causal_mask(Q, KV, batch, dev)
+
+                        def cold():
+                            for key in [key for key in plan._cache if isinstance(key[0], int)]:
+                                del plan._cache[key]  # the per-layer gathered KV; plan-wide tables stay
+                            attention.prefix_attention(q, k, v, mask, plan, 0, model, backend="reference")
+                            sync()
+
+                        def warm():
+                            attention.prefix_attention(q, k, v, mask, plan, 0, model, backend="reference")
+                            sync()
+
+                        def kernel():
+                            attention.prefix_attention(q, k, v, mask, plan, 0, model, backend=fused)
+                            sync()
+
+                        runs = {"reference": cold, "reference_warm": warm, fused: kernel}
+                        times = _timed_interleaved(runs, args.repeats, warmup=1)
+                        moved = (batch * (injected * bytes_per_token + 2 * Hkv * KV * D * 4)
+                                 + 2 * q.numel() * 4 + mask.numel())
+                        best = {name: min(ts) for name, ts in times.items()}
+                        for name, t in best.items():
+                            gbps = moved / t / 1e9
+                            rows.append(dict(device=device_name, commit=machine["commit"], scheme=scheme,
+                                             batch=batch, injected_tokens=round(injected), q_len=Q, kv_len=KV,
+                                             q_heads=Hq, kv_heads=Hkv, head_dim=D, mode=mode, backend=name,
+                                             ms=round(t * 1e3, 3), gbps=round(gbps, 2),
+                                             hbm_fraction=round(gbps / hbm, 3) if hbm else "",
+                                             speedup_vs_reference=round(best["reference"] / t, 2),
+                                             speedup_vs_warm=round(best["reference_warm"] / t, 2)))
+                        r = rows[-1]
+                        print(f"{scheme:5} B={batch:3} inj={r['injected_tokens']:5} {mode:7} "
+                              + "  ".join(f"{n}={best[n] * 1e3:9.2f}ms" for n in runs)
+                              + f"  x{r['speedup_vs_reference']:.2f} vs reference, x{r['speedup_vs_warm']:.2f} vs warm"
+                              + f"  {r['gbps']:.1f} GB/s", flush=True)
+    write_results(rows, args.out or f"bench/results/attention_{dev}", hbm_gbps=hbm, geometry=geometry,
+                  threads=torch.get_num_threads())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
