@@ -156,8 +156,8 @@ class Container:
             raise BankFormatError(f"{self.path}: section 'header' fails its checksum")
         try:
             self.header = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-            self.sections = {n: Section(n, int(s["offset"]), int(s["nbytes"]), s["dtype"],
-                                        tuple(int(d) for d in s["shape"]), int(s["crc32"]))
+            self.sections = {str(n): Section(str(n), int(s["offset"]), int(s["nbytes"]), str(s["dtype"]),
+                                             tuple(int(d) for d in s["shape"]), int(s["crc32"]))
                              for n, s in self.header["sections"].items()}
         except Exception as e:  # noqa: BLE001 -- any decoding failure of a checksummed header is a format error
             raise BankFormatError(f"{self.path}: header does not decode: {e}") from None
