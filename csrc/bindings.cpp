@@ -130,13 +130,12 @@ class PyGraph {
             });
             for (const Span& sp : spans) total += sp.size;
         }
-        py::array_t<int64_t> indptr(num_queries + 1), triples(total), parents(total);
-        py::array_t<int32_t> hops(total);
+        py::array_t<int64_t> indptr(num_queries + 1);
+        py::array_t<int32_t> triples(total), hops(total), parents(total);
         {
             py::gil_scoped_release nogil;
             int64_t* ip = indptr.mutable_data();
-            int64_t *tp = triples.mutable_data(), *pp = parents.mutable_data();
-            int32_t* hp = hops.mutable_data();
+            int32_t *tp = triples.mutable_data(), *hp = hops.mutable_data(), *pp = parents.mutable_data();
             ip[0] = 0;
             for (int64_t q = 0; q < num_queries; ++q) {
                 const Span& sp = spans[q];
@@ -212,7 +211,7 @@ static void bind_graph(py::module_& m) {
              py::arg("seeds_indptr").noconvert(), py::arg("max_hops"), py::arg("allowed").noconvert() = py::none(),
              py::arg("direction") = 1, py::arg("fanout") = -1, py::arg("max_candidates") = -1, py::arg("num_threads") = 0,
              "Traverse every query (seeds[seeds_indptr[q]:seeds_indptr[q+1]]) with the GIL released; returns "
-             "(indptr int64[Q+1], triple_ids int64[M], hops int32[M], parents int64[M]).")
+             "(indptr int64[Q+1], triple_ids int32[M], hops int32[M], parents int32[M]).")
         .def_property_readonly("num_entities", &PyGraph::num_entities)
         .def_property_readonly("num_triples", &PyGraph::num_triples)
         .def_property_readonly("num_relations", &PyGraph::num_relations)

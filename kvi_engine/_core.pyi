@@ -17,8 +17,8 @@ class Graph:
     def traverse_batch(self, seeds: npt.NDArray[np.int64], seeds_indptr: npt.NDArray[np.int64], max_hops: int,
                        allowed: npt.NDArray[np.uint8] | None = None, direction: int = 1, fanout: int = -1,
                        max_candidates: int = -1, num_threads: int = 0
-                       ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int32],
-                                  npt.NDArray[np.int64]]:
+                       ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.int32],
+                                  npt.NDArray[np.int32]]:
         """(indptr [Q + 1], triple_ids [M], hops [M], parents [M]); allowed: [1 or max_hops, num_relations];
         direction 1 = out, 2 = in, 3 = both; -1 = no cap."""
     @property
@@ -27,6 +27,8 @@ class Graph:
     def num_triples(self) -> int: ...
     @property
     def num_relations(self) -> int: ...
+    @property
+    def memory_bytes(self) -> int: ...
 
 class Normalizer:
     def __init__(self, fold: npt.NDArray[np.uint32], cls: npt.NDArray[np.uint8], pool: npt.NDArray[np.uint32],

@@ -174,9 +174,9 @@ class StringTable(Sequence[str]):
 class Traversal:
     """Triples reached from the seeds, in breadth-first order. ``parents[k]`` is the triple through which the
     source entity of ``triple_ids[k]`` was first reached (-1: a seed), so ``path(k)`` recovers the chain."""
-    triple_ids: np.ndarray  # int64 [M]
+    triple_ids: np.ndarray  # int32 [M]
     hops: np.ndarray        # int32 [M], 1..max_hops
-    parents: np.ndarray     # int64 [M], a triple id listed earlier, or -1
+    parents: np.ndarray     # int32 [M], a triple id listed earlier, or -1
 
     def __len__(self) -> int:
         return int(self.triple_ids.shape[0])

@@ -99,8 +99,8 @@ class GraphTwin:
             self._traverse(flat[qptr[q]:qptr[q + 1]], max_hops, rows, direction, fanout, max_candidates,
                            triples, hops, parents)
             indptr.append(len(triples))
-        return (np.asarray(indptr, dtype=np.int64), np.asarray(triples, dtype=np.int64),
-                np.asarray(hops, dtype=np.int32), np.asarray(parents, dtype=np.int64))
+        return (np.asarray(indptr, dtype=np.int64), np.asarray(triples, dtype=np.int32),
+                np.asarray(hops, dtype=np.int32), np.asarray(parents, dtype=np.int32))
 
     def _traverse(self, seeds, max_hops, rows, direction, fanout, max_candidates, triples, hops, parents):
         entered = set()

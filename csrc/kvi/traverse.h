@@ -28,10 +28,10 @@ struct TraverseParams {
     int64_t max_candidates = -1;  // < 0: no cap
 };
 
+// int32 throughout: triple ids fit (validate() caps graphs at 2^31 triples) and the output is written twice
+// (worker buffer, then the numpy result), so its width is most of a large traversal's memory traffic.
 struct TraversalOut {
-    std::vector<int64_t> triples;
-    std::vector<int32_t> hops;
-    std::vector<int64_t> parents;
+    std::vector<int32_t> triples, hops, parents;
 };
 
 class TraverseWorkspace {
@@ -95,7 +95,7 @@ class TraverseWorkspace {
     struct Visit {
         int32_t node;
         uint32_t seq;
-        int64_t parent;
+        int32_t parent;
     };
 
     bool entered(int64_t v) const { return (node_mark_[v] >> 32) == epoch_; }
