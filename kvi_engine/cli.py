@@ -122,12 +122,23 @@ def cmd_demo(args) -> int:
 
 
 def cmd_bench_ttft(args) -> int:
+    return _bench_script("bench_ttft").main(_rest(args))
+
+
+def cmd_bench_overhead(args) -> int:
+    return _bench_script("bench_overhead").main(_rest(args))
+
+
+def _rest(args) -> list[str]:
+    return args.rest[1:] if args.rest[:1] == ["--"] else args.rest
+
+
+def _bench_script(name: str):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     try:
-        bench = importlib.import_module("bench_ttft")
+        return importlib.import_module(name)
     except ImportError:
-        raise FileNotFoundError("bench/bench_ttft.py is not available (run from a source checkout)") from None
-    return bench.main(args.rest)
+        raise FileNotFoundError(f"bench/{name}.py is not available (run from a source checkout)") from None
 
 
 def _model_args(p):
@@ -183,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = bsub.add_parser("ttft", help="time-to-first-token: LLM vs RAG vs KVI (bench/bench_ttft.py)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench_ttft)
+    b = bsub.add_parser("overhead", help="TTFT, decode tokens/s, memory: LLM / RAG / KV Prefix / KVI "
+                                         "(bench/bench_overhead.py)", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench_overhead)
 
     for name in _EXTENSIONS:
         try:
@@ -196,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 2 and argv[0] == "bench" and argv[2] != "--":
+        argv.insert(2, "--")  # bench scripts parse their own options; REMAINDER alone drops leading "--opts"
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
