@@ -157,3 +157,24 @@ def test_tagged_updates_without_a_model(tmp_path, quant):
             want = tagged_kv(tag, k.shape[0], 2, 2, 16)[0][1]
             tol = 0 if bank.spec.scheme in ("fp32", "fp16") and quant == "fp32" else 0.05
             np.testing.assert_allclose(k.float().numpy(), want, atol=tol, rtol=0)
+
+
+def test_bank_commands(tmp_path, capsys):
+    from kvi_engine import bank_cli, cli
+    root = create_tagged_bank(tmp_path / "b", [0, 1, 2, 3], "fp16")
+    assert cli.main(["verify", str(root)]) == 0
+    assert "ok:" in capsys.readouterr().out
+    assert bank_cli.main(["remove", str(root), "--ids", "1,2"]) == 0
+    assert bank_cli.main(["requantize", str(root), "--quant", "int4:g8"]) == 0
+    assert "-> {'scheme': 'int4', 'group_size': 8" in capsys.readouterr().out
+    assert bank_cli.main(["compact", str(root)]) == 0
+    bank = KVBank.open(root, verify=True)
+    assert bank.live_ids() == [0, 3] and bank.quant["scheme"] == "int4"
+    assert bank_cli.main(["remove", str(root), "--ids", "1"]) == 2
+    assert "already removed" in capsys.readouterr().err
+    seg = bank.segments[0]
+    raw = bytearray(seg.path.read_bytes())
+    raw[seg.c.sections["v_scale"].offset] ^= 0xFF
+    seg.path.write_bytes(bytes(raw))
+    assert bank_cli.main(["verify", str(root)]) == 2
+    assert "section 'v_scale' fails its checksum" in capsys.readouterr().err
