@@ -57,3 +57,25 @@ def test_build_train_update_eval(setup, capsys):
     r = report["results"]["kpr"]["all"]
     assert 0 <= r["recall@1"] <= r["recall@5"] <= r["recall@20"] <= 1
     assert (root / "report.png").stat().st_size > 1000
+
+
+def test_training_the_encoder_too(setup, tmp_path):
+    import torch
+
+    from kvi_engine.kpr.model import KPRModel
+    from kvi_engine.kpr.tokenizer import KPRTokenizer
+    from kvi_engine.kpr.train import TrainConfig, train
+
+    root, base = setup
+    d = root / "data"
+    m0 = tmp_path / "m0"
+    assert main(["kpr", "build", "--base", str(base), "--entities", str(d / "entities_train.jsonl"),
+                 "--out", str(m0)]) == 0  # no contexts: every vector from the anchor statement
+    model, tok = KPRModel.from_pretrained(str(m0)), KPRTokenizer.from_pretrained(str(m0))
+    before = model.encoder.embeddings.word_embeddings.weight.detach().clone()
+    log = train(model, tok, d / "train.jsonl", d / "corpus.jsonl", tmp_path / "m1",
+                TrainConfig(batch_size=4, max_steps=2, train_encoder=True))
+    assert len(log) == 2 and (tmp_path / "m1" / "train_config.json").is_file()
+    assert not torch.equal(before, model.encoder.embeddings.word_embeddings.weight)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=1)
