@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from kvi_engine.atomic import atomic_write_bytes, fsync_dir
+from kvi_engine.atomic import atomic_open, atomic_write_bytes, fsync_dir
 from kvi_engine.capsules import Entity
 from kvi_engine.kpr.table import LINKER_FILE, TABLE_FILE, VOCAB_FILE, EntityTable, TableMeta, write_vocab
 from kvi_engine.statements import anchor_statement
@@ -164,11 +164,10 @@ def build_knowledge(out_dir: str | os.PathLike, entities: Sequence[Entity], enco
         table[rows] = vec.astype(np.float16)
         table.flush()
         done[rows] = True
-        with open(done_path.with_suffix(".tmp.npy"), "wb") as f:
+        with atomic_open(done_path, "wb") as f:
             np.save(f, done)
-        os.replace(done_path.with_suffix(".tmp.npy"), done_path)
     table.flush()
-    del table
+    del table  # the memory-mapped partial table is published by rename only once every row is written
 
     meta = TableMeta(dim=dim, norm=norm, source="contexts+anchors", encoder=encoder_key)
     os.replace(partial, out_dir / TABLE_FILE)

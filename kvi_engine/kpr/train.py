@@ -6,7 +6,6 @@ over a few thousand pairs takes seconds on a CPU. Checkpoints go to ``<out>/chec
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
