@@ -110,27 +110,31 @@ class Linker {
         }
         // Children grouped by parent; a stable counting sort keeps the ascending label order of creation.
         const size_t num_edges = edge_parent.size();
-        child_indptr_.assign(num_nodes + 1, 0);
-        for (int32_t p : edge_parent) ++child_indptr_[p + 1];
-        for (int64_t u = 0; u < num_nodes; ++u) child_indptr_[u + 1] += child_indptr_[u];
-        child_label_.resize(num_edges);
-        child_node_.resize(num_edges);
-        std::vector<int64_t> cursor(child_indptr_.begin(), child_indptr_.end() - 1);
-        for (size_t e = 0; e < num_edges; ++e) {
-            const int64_t at = cursor[edge_parent[e]]++;
-            child_label_[at] = edge_label[e];
-            child_node_[at] = static_cast<int32_t>(e + 1);
+        std::vector<int64_t> child_begin(num_nodes + 1, 0);
+        for (int32_t p : edge_parent) ++child_begin[p + 1];
+        for (int64_t u = 0; u < num_nodes; ++u) child_begin[u + 1] += child_begin[u];
+        edges_.resize(num_edges);
+        std::vector<int64_t> cursor(child_begin.begin(), child_begin.end() - 1);
+        for (size_t e = 0; e < num_edges; ++e) edges_[cursor[edge_parent[e]]++] = {edge_label[e], static_cast<int32_t>(e + 1)};
+        nodes_.resize(num_nodes);
+        for (int64_t u = 0; u < num_nodes; ++u) {
+            const int32_t term = node_term_[u];
+            nodes_[u] = {static_cast<uint32_t>(child_begin[u]), static_cast<uint32_t>(child_begin[u + 1] - child_begin[u]),
+                         term, term >= 0 ? prior_[term_indptr_[term]] : 0.f};
         }
+        std::vector<int32_t>().swap(node_term_);
         root_bmp_.assign(0x10000, -1);
-        for (int64_t j = child_indptr_[0]; j < child_indptr_[1]; ++j)
-            if (child_label_[j] < 0x10000) root_bmp_[child_label_[j]] = child_node_[j];
+        for (uint32_t j = 0; j < nodes_[0].child_count; ++j) {
+            const Edge& e = edges_[nodes_[0].child_begin + j];
+            if (e.label < 0x10000) root_bmp_[e.label] = e.child;
+        }
     }
 
     int64_t num_names() const { return num_names_; }
     int64_t num_keys() const { return static_cast<int64_t>(term_indptr_.size()) - 1; }
-    int64_t num_nodes() const { return static_cast<int64_t>(node_term_.size()); }
+    int64_t num_nodes() const { return static_cast<int64_t>(nodes_.size()); }
     size_t memory_bytes() const {
-        return node_term_.size() * 4 + child_indptr_.size() * 8 + child_label_.size() * 8 + term_indptr_.size() * 8 +
+        return nodes_.size() * sizeof(Node) + edges_.size() * sizeof(Edge) + term_indptr_.size() * 8 +
                entity_.size() * 12 + root_bmp_.size() * 4;
     }
 
@@ -146,9 +150,9 @@ class Linker {
             for (size_t b = a; b < n; ++b) {
                 node = child(node, t.cp[b]);
                 if (node < 0) break;
-                const int32_t term = node_term_[node];
-                if (term >= 0 && prior_[term_indptr_[term]] >= min_prior && norm_->boundary(t, b + 1))
-                    best = b + 1, best_term = term;
+                const Node& nd = nodes_[node];
+                if (nd.term >= 0 && nd.best_prior >= min_prior && norm_->boundary(t, b + 1))
+                    best = b + 1, best_term = nd.term;
             }
             if (best_term < 0) { ++a; continue; }
             out.start.push_back(t.begin[a]);
@@ -164,15 +168,30 @@ class Linker {
     }
 
   private:
+    // One cache line per step of a walk: a node holds its child range and its name's best prior; an edge holds
+    // label and child together (measured: separate arrays cost ~2x on a 1M-name dictionary).
+    struct Node {
+        uint32_t child_begin, child_count;
+        int32_t term;      // index of the name ending here, or -1
+        float best_prior;  // that name's highest prior
+    };
+    struct Edge {
+        uint32_t label;
+        int32_t child;
+    };
+
     int32_t child(int32_t node, uint32_t label) const {
-        if (node == 0) return label < 0x10000 ? root_bmp_[label] : find(0, label);
-        return find(node, label);
-    }
-    int32_t find(int32_t node, uint32_t label) const {
-        const uint32_t* lo = child_label_.data() + child_indptr_[node];
-        const uint32_t* hi = child_label_.data() + child_indptr_[node + 1];
-        const uint32_t* it = std::lower_bound(lo, hi, label);
-        return (it != hi && *it == label) ? child_node_[it - child_label_.data()] : -1;
+        if (node == 0 && label < 0x10000) return root_bmp_[label];
+        const Node& n = nodes_[node];
+        const Edge* lo = edges_.data() + n.child_begin;
+        const Edge* hi = lo + n.child_count;
+        if (n.child_count <= 8) {
+            for (; lo < hi; ++lo)
+                if (lo->label >= label) return lo->label == label ? lo->child : -1;
+            return -1;
+        }
+        lo = std::lower_bound(lo, hi, label, [](const Edge& e, uint32_t l) { return e.label < l; });
+        return (lo != hi && lo->label == label) ? lo->child : -1;
     }
     void sort_candidates(size_t b, size_t e) {
         if (e - b < 2) return;
@@ -190,11 +209,10 @@ class Linker {
 
     std::shared_ptr<const Normalizer> norm_;
     int64_t num_names_;
-    std::vector<int32_t> node_term_;     // per node: index of its name (key) or -1
-    std::vector<int64_t> child_indptr_;  // per node: range in child_label_ / child_node_
-    std::vector<uint32_t> child_label_;
-    std::vector<int32_t> child_node_;
-    std::vector<int32_t> root_bmp_;       // the root's children by code point (BMP), the hottest lookup
+    std::vector<int32_t> node_term_;  // during the build only
+    std::vector<Node> nodes_;
+    std::vector<Edge> edges_;         // grouped by parent, ascending label
+    std::vector<int32_t> root_bmp_;   // the root's children by code point (BMP), the hottest lookup
     std::vector<int64_t> term_indptr_;   // per key: range in entity_ / prior_
     std::vector<int64_t> entity_;
     std::vector<float> prior_;
