@@ -87,6 +87,10 @@ def test_traces_carry_each_methods_knowledge(run):
         if q["hops"] == 2 and all(tuple(s) in found for s in q["support"]):
             two_hop_found += any(found[tuple(s)] == 2 for s in q["support"])
     assert two_hop_found >= 15  # of 16 two-hop questions: both facts selected, one reached at hop 2
+    recall = json.loads((run / "support_recall.json").read_text())
+    assert set(recall) == set(METHODS) and recall["LLM"]["all"] == 0.0
+    assert recall["KVI"]["all"] >= 31 / 32 and recall["KVI"] == recall["KVI w/o KV"] == recall["GraphRAG"]
+    assert "Support recall" in (run / "report.md").read_text()
 
 
 def _fails(capsys, argv, *needles):

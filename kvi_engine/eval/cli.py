@@ -42,6 +42,37 @@ def build_assets_for_eval(docs, entities_path=None, capsules_path=None):
     return assets
 
 
+def support_recall(dataset, answers, capsules) -> dict[str, dict[str, float]]:
+    """Per method, the share of questions (with ``support``) whose every supporting fact reached the model, in either
+    channel: its provenance sentence or its statement is among the texts the method put in the prompt or the KV.
+    Model-independent, so it is meaningful even with a random model. Keys: "all" and "<hops>-hop"."""
+    from kvi_engine.statements import render_statement
+
+    facts = {c.triple: {c.sentence, render_statement(c)} - {""} for c in capsules if c.kind == "triple"}
+    out: dict[str, dict[str, float]] = {}
+    for name, rows in answers.items():
+        hits: dict[str, list[float]] = {}
+        for it, a in zip(dataset, rows):
+            if not it.support:
+                continue
+            given = set(a.trace.evidence) | set(a.trace.injected_statements)
+            ok = float(all(facts.get(tuple(t), set()) & given for t in it.support))
+            hits.setdefault("all", []).append(ok)
+            if it.hops is not None:
+                hits.setdefault(f"{it.hops}-hop", []).append(ok)
+        out[name] = {k: sum(v) / len(v) for k, v in hits.items()}
+    return out
+
+
+def _recall_markdown(recall: dict[str, dict[str, float]]) -> str:
+    keys = sorted({k for v in recall.values() for k in v}, key=lambda k: (k != "all", k))
+    lines = ["", "Support recall (% of questions whose every supporting fact reached the model, either channel):", "",
+             "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    lines += [f"| {m} | " + " | ".join(f"{100 * v[k]:.1f}" if k in v else "—" for k in keys) + " |"
+              for m, v in recall.items()]
+    return "\n".join(lines) + "\n"
+
+
 def cmd_eval(args) -> int:
     import torch
 
@@ -97,6 +128,12 @@ def cmd_eval(args) -> int:
                       inputs={n: [a.question for a in answers[n]] for n in names},
                       dataset_name=Path(args.dataset).stem, n_resamples=args.resamples, config=run_config)
     paths = write_report(report, out)
+    recall = support_recall(dataset, answers, assets.capsules)
+    if any(recall.values()):
+        with open(out / "support_recall.json", "w", encoding="utf-8") as f:
+            json.dump(recall, f, indent=1)
+        with open(paths["md"], "a", encoding="utf-8") as f:
+            f.write(_recall_markdown(recall))
     with open(out / "traces.jsonl", "w", encoding="utf-8") as f:
         for i, it in enumerate(dataset):
             row = {"id": it.id, "question": it.question, "answers": list(it.answers), "hops": it.hops,
