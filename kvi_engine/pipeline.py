@@ -63,9 +63,7 @@ class Knowledge:
         """The graph rebuilt from the bank's own capsule records (``entities`` restore aliases for linking)."""
         ids = bank.live_ids()
         caps = [bank.capsule(i) for i in ids]
-        known = {c.subject for c in caps if c.kind == "anchor"}
-        ents = [e for e in entities if e.name in known] + [e for e in entities if e.name not in known]
-        return cls(bank, KnowledgeGraph.from_capsules(caps, ents), caps, ids, store, sentence_bank)
+        return cls(bank, KnowledgeGraph.from_capsules(caps, list(entities)), caps, ids, store, sentence_bank)
 
 
 def sentence_capsules(store) -> list[Capsule]:
