@@ -392,7 +392,8 @@ static void bind_attention(py::module_& m) {
            const std::string& prefix_format, py::array token, py::array visible, py::array cos, py::array sin,
            py::array out, py::array lse, double scale, int round, std::optional<py::array> k_scale,
            std::optional<py::array> k_zero, std::optional<py::array> v_scale, std::optional<py::array> v_zero,
-           int64_t group_size, bool key_per_capsule, std::optional<py::array> capsule_row, int64_t num_threads) {
+           int64_t group_size, bool key_per_capsule, std::optional<py::array> capsule_row, int64_t num_threads,
+           int vector_width) {
             if (query.ndim() != 4 || own_k.ndim() != 4)
                 throw std::invalid_argument("query and own_k must be 4-D [batch, heads, len, head_dim]");
             if (round < 0 || round > 2) throw std::invalid_argument("round must be 0 (none), 1 (fp16) or 2 (bf16)");
@@ -420,6 +421,7 @@ static void bind_attention(py::module_& m) {
             p.lse = const_cast<float*>(nd_data<float>(lse, "lse", {B, p.q_heads, p.q_len}));
             p.scale = static_cast<float>(scale);
             p.round = static_cast<kvi::attn::Round>(round);
+            p.vector_width = vector_width;
             py::gil_scoped_release nogil;
             kvi::attn::prefix_attention(p, static_cast<int>(num_threads));
         },
@@ -431,7 +433,7 @@ static void bind_attention(py::module_& m) {
         py::arg("lse").noconvert(), py::arg("scale"), py::arg("round") = 0, py::arg("k_scale").noconvert() = py::none(),
         py::arg("k_zero").noconvert() = py::none(), py::arg("v_scale").noconvert() = py::none(),
         py::arg("v_zero").noconvert() = py::none(), py::arg("group_size") = 0, py::arg("key_per_capsule") = false,
-        py::arg("capsule_row").noconvert() = py::none(), py::arg("num_threads") = 0,
+        py::arg("capsule_row").noconvert() = py::none(), py::arg("num_threads") = 0, py::arg("vector_width") = 0,
         "Fused prefix attention (GIL released): writes out [B, Hq, Q, D] and lse [B, Hq, Q] in place. Injected "
         "K/V are read from bank_k/bank_v [tokens, kv_heads, code_dim] (+ fp16 k/v scale and zero [rows, kv_heads, "
         "D/group]; per-capsule key params are indexed by capsule_row [B, slots]) and prefix_k/prefix_v, dequantised "

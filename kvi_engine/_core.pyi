@@ -67,3 +67,19 @@ def quant_gather_decode(codes: npt.NDArray[np.int8] | npt.NDArray[np.uint8], sca
                         code_rows: npt.NDArray[np.int64], param_rows: npt.NDArray[np.int64], num_threads: int = 0
                         ) -> npt.NDArray[np.float32]:
     """float32 [len(code_rows), head_dim]: codes[code_rows] dequantised with scale/zero[param_rows]."""
+
+# -- fused prefix attention (csrc/kvi/attention.h; contract in kvi_engine/attention.py) ---------------------------
+def prefix_attention(query: npt.NDArray[np.float32], own_k: npt.NDArray[np.float32], own_v: npt.NDArray[np.float32],
+                     own_mask: npt.NDArray[np.uint8] | None, bank_k: np.ndarray, bank_v: np.ndarray, bank_format: str,
+                     prefix_k: np.ndarray, prefix_v: np.ndarray, prefix_format: str, token: npt.NDArray[np.int32],
+                     visible: npt.NDArray[np.uint8], cos: npt.NDArray[np.float32], sin: npt.NDArray[np.float32],
+                     out: npt.NDArray[np.float32], lse: npt.NDArray[np.float32], scale: float, round: int = 0,
+                     k_scale: np.ndarray | None = None, k_zero: np.ndarray | None = None,
+                     v_scale: np.ndarray | None = None, v_zero: np.ndarray | None = None, group_size: int = 0,
+                     key_per_capsule: bool = False, capsule_row: npt.NDArray[np.int32] | None = None,
+                     num_threads: int = 0, vector_width: int = 0) -> None:
+    """Writes out [B, Hq, Q, D] and lse [B, Hq, Q] in place. query [B, Hq, Q, D], own_k/own_v [B, Hkv, KV, D],
+    own_mask [B, Q, KV] (None: causal); bank_k/bank_v [tokens, Hkv, code_dim] in bank_format (fp32, fp16, bf16 as
+    uint16, int8, int4, int2, fp8) with fp16 params [rows, Hkv, D / group_size] (per-capsule keys: [capsules, Hkv, D]
+    indexed by capsule_row); token/visible/capsule_row [B, slots], cos/sin [B, slots, D / 2]; round: 0 none, 1 fp16,
+    2 bf16 (injected K/V rounded like the reference); vector_width 0 auto, 4 or 8 (AVX2+FMA)."""

@@ -120,6 +120,7 @@ def bank_layer(bank, layer: int, segment: int = 0) -> BankLayer:
 
 
 _ROUND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+CPP_VECTOR_WIDTH = 0  # 0: widest the CPU runs (AVX2+FMA 8-wide, else 4-wide); tests pin 4 to cover the baseline
 
 
 def _numpy(t: torch.Tensor):
@@ -159,7 +160,8 @@ def cpp(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_
                                sin.numpy(), out.numpy(), lse.numpy(),
                                scaling if scaling is not None else 1 / math.sqrt(D), _ROUND[own_k.dtype], **params,
                                group_size=src.group_size, key_per_capsule=src.key_per_capsule,
-                               capsule_row=tables.capsule_row.numpy())
+                               capsule_row=tables.capsule_row.numpy(), num_threads=torch.get_num_threads(),
+                               vector_width=CPP_VECTOR_WIDTH)
         result = (out, lse) if result is None else merge_state(*result, out, lse)
     out, lse = result
     return out.to(query.dtype), lse

@@ -184,6 +184,23 @@ def test_empty_plans_and_segmented_bank(backend):
     check(backend, no_prefix, build_plan(no_prefix, [[], []]), q, k, v, None, m)  # nothing injected at all
 
 
+@pytest.mark.parametrize("width", [4, 8])
+def test_cpp_vector_widths(width, monkeypatch):
+    """The 4-wide baseline (SSE/NEON) and the 8-wide AVX2+FMA kernels both match the reference."""
+    monkeypatch.setattr(attention, "CPP_VECTOR_WIDTH", width)
+    for dims, scheme in (("tiny", "int4:g8:channel"), ("d32_gqa7", "int8"), ("d64_gqa4", "fp16")):
+        bank = bank_for(dims, scheme)
+        m, q, k, v = inputs(dims, bank, 5, 9, 13, seed=8)
+        plan = build_plan(bank, rows(bank, 5, seed=8), capsule_layers={0: [0]})
+        try:
+            check("cpp", bank, plan, q, k, v, padded_mask(5, 9, 13), m, layers=[1])
+        except ValueError as e:
+            if width == 8 and "AVX2" in str(e):
+                pytest.skip("this CPU has no AVX2+FMA")
+            raise
+        check("cpp", bank, plan, q[:, :, -1:], k, v, None, m, layers=[0])
+
+
 def test_dispatch_selection_and_forced_backends(monkeypatch):
     cpu, meta = torch.device("cpu"), torch.device("meta")
     assert attention.select(cpu)[0] == "cpp"  # Triton under the interpreter is never chosen automatically

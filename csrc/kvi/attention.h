@@ -103,6 +103,7 @@ struct Problem {
     const float* sin = nullptr;
     float scale = 1.0f;
     Round round = Round::none;
+    int vector_width = 0;  // 0: the widest the CPU runs (8 with AVX2+FMA, else 4); 4 or 8 to force one
     float* out = nullptr;  // [batch, q_heads, q_len, head_dim]
     float* lse = nullptr;  // [batch, q_heads, q_len]
 };
@@ -216,223 +217,34 @@ inline void round_row(Round r, float* x, int64_t n) {
 }
 
 constexpr int64_t kBlock = 64;       // slots per block: kT is head_dim x kBlock floats
-constexpr int64_t kRowsTarget = 64;  // query rows (group x tile) sharing one pass over the keys
+constexpr int64_t kRowsTarget = 128;  // query rows (group x tile) sharing one pass over the keys
 constexpr int64_t kRowBlock = 4;     // rows per micro-kernel step (row counts are padded to a multiple)
 
-// GCC/Clang generic vectors: 4 floats map to SSE/NEON on any target, no -march needed.
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef int32_t i32x4 __attribute__((vector_size(16)));
+namespace v4 {
+constexpr int kW = 4;
+#include "kvi/attention_kernel.h"
+}  // namespace v4
 
-inline f32x4 load4(const float* p) {
-    f32x4 v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-}
-inline void store4(float* p, f32x4 v) { std::memcpy(p, &v, sizeof v); }
-inline f32x4 splat4(float x) { return f32x4{x, x, x, x}; }
+#if defined(__GNUC__) && defined(__x86_64__)
+#define KVI_ATTN_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace v8 {
+constexpr int kW = 8;
+#include "kvi/attention_kernel.h"
+}  // namespace v8
+#pragma GCC pop_options
+#endif
 
-// e^x, Cephes single-precision polynomial (about 1 ulp); -inf and underflow give 0.
-inline f32x4 exp4(f32x4 x) {
-    const f32x4 lo = splat4(-87.3365447504f), hi = splat4(88.3762626647949f);
-    const i32x4 under = x < lo;
-    x = x > hi ? hi : x;
-    x = x < lo ? lo : x;
-    f32x4 fx = x * splat4(1.44269504088896341f) + splat4(0.5f);
-    i32x4 n = __builtin_convertvector(fx, i32x4);
-    f32x4 fn = __builtin_convertvector(n, f32x4);
-    const i32x4 too_big = fn > fx;
-    n += too_big;  // true lanes are -1: floor for negative inputs
-    fn = __builtin_convertvector(n, f32x4);
-    const f32x4 r = x - fn * splat4(0.693359375f) - fn * splat4(-2.12194440e-4f);
-    f32x4 y = splat4(1.9875691500e-4f);
-    y = y * r + splat4(1.3981999507e-3f);
-    y = y * r + splat4(8.3334519073e-3f);
-    y = y * r + splat4(4.1665795894e-2f);
-    y = y * r + splat4(1.6666665459e-1f);
-    y = y * r + splat4(5.0000001201e-1f);
-    y = y * (r * r) + r + splat4(1.0f);
-    f32x4 pow2;
-    const i32x4 bits = (n + 127) << 23;
-    std::memcpy(&pow2, &bits, sizeof pow2);
-    y = y * pow2;
-    return under ? splat4(0.0f) : y;
-}
-
-struct Workspace {
-    std::vector<float> q, acc, s, kT, v, m, l, row;
-    void resize(int64_t rows, int64_t D) {
-        q.resize(rows * D), acc.resize(rows * D), s.resize(rows * kBlock), kT.resize(D * kBlock);
-        v.resize(kBlock * D), m.resize(rows), l.resize(rows), row.resize(2 * D);
-    }
-};
-
-// Online-softmax update of `rows` (a multiple of kRowBlock) query rows with a block of nb keys (kT: [D][kBlock],
-// columns past nb hold finite stale values) and values (v: [nb][D]). mask(r, n) -> false hides key n from row r.
-template <class Mask>
-inline void attend_block(Workspace& w, int64_t rows, int64_t nb, int64_t D, float scale, const float* v, Mask&& mask) {
-    const float ninf = -std::numeric_limits<float>::infinity();
-    const int64_t nb4 = (nb + 3) & ~int64_t(3), nb8 = (nb + 7) & ~int64_t(7);
-    // Scores: 4 rows x 8 keys of accumulators, one kT row load shared by 4 rows.
-    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-        const float* q0 = w.q.data() + r0 * D;
-        for (int64_t n0 = 0; n0 < nb8; n0 += 8) {
-            f32x4 a[kRowBlock][2] = {};
-            for (int64_t d = 0; d < D; ++d) {
-                const float* kd = w.kT.data() + d * kBlock + n0;
-                const f32x4 k0 = load4(kd), k1 = load4(kd + 4);
-                for (int64_t r = 0; r < kRowBlock; ++r) {
-                    const f32x4 qd = splat4(q0[r * D + d]);
-                    a[r][0] += qd * k0;
-                    a[r][1] += qd * k1;
-                }
-            }
-            for (int64_t r = 0; r < kRowBlock; ++r) {
-                float* sr = w.s.data() + (r0 + r) * kBlock + n0;
-                store4(sr, a[r][0]);
-                store4(sr + 4, a[r][1]);
-            }
-        }
-    }
-    for (int64_t r = 0; r < rows; ++r) {
-        float* sr = w.s.data() + r * kBlock;
-        float bmax = ninf;
-        for (int64_t n = 0; n < nb4; ++n) {
-            sr[n] = n < nb && mask(r, n) ? sr[n] * scale : ninf;
-            bmax = std::max(bmax, sr[n]);
-        }
-        const float m_new = std::max(w.m[r], bmax);
-        if (m_new == ninf) {
-            std::fill(sr, sr + nb4, 0.0f);
-            continue;
-        }
-        const float corr = w.m[r] == ninf ? 0.0f : std::exp(w.m[r] - m_new);
-        f32x4 sum4 = {};
-        for (int64_t n = 0; n < nb4; n += 4) {
-            const f32x4 e = exp4(load4(sr + n) - splat4(m_new));
-            store4(sr + n, e);
-            sum4 += e;
-        }
-        w.l[r] = w.l[r] * corr + (sum4[0] + sum4[1] + sum4[2] + sum4[3]);
-        w.m[r] = m_new;
-        float* ar = w.acc.data() + r * D;
-        if (corr != 1.0f)
-            for (int64_t d = 0; d < D; ++d) ar[d] *= corr;
-    }
-    // acc += P V: 4 rows x 4 channels of accumulators, one V load shared by 4 rows.
-    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-        const float* p0 = w.s.data() + r0 * kBlock;
-        for (int64_t d0 = 0; d0 < D; d0 += 4) {
-            f32x4 a[kRowBlock];
-            for (int64_t r = 0; r < kRowBlock; ++r) a[r] = load4(w.acc.data() + (r0 + r) * D + d0);
-            for (int64_t n = 0; n < nb; ++n) {
-                const f32x4 vn = load4(v + n * D + d0);
-                for (int64_t r = 0; r < kRowBlock; ++r) a[r] += splat4(p0[r * kBlock + n]) * vn;
-            }
-            for (int64_t r = 0; r < kRowBlock; ++r) store4(w.acc.data() + (r0 + r) * D + d0, a[r]);
-        }
-    }
-}
-
-template <Format F>
-void run_item(const Problem& p, Workspace& w, int64_t b, int64_t h, int64_t q0, int64_t q1) {
-    const int64_t D = p.head_dim, half = D / 2, group = p.q_heads / p.kv_heads, tile = q1 - q0;
-    const int64_t rows = group * tile, padded = (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
-    const float ninf = -std::numeric_limits<float>::infinity();
-    std::fill(w.q.begin() + rows * D, w.q.begin() + padded * D, 0.0f);
-    for (int64_t g = 0; g < group; ++g)
-        for (int64_t i = 0; i < tile; ++i)
-            std::memcpy(w.q.data() + (g * tile + i) * D,
-                        p.query + (((b * p.q_heads + h * group + g) * p.q_len) + q0 + i) * D, D * sizeof(float));
-    std::fill(w.acc.begin(), w.acc.begin() + padded * D, 0.0f);
-    std::fill(w.m.begin(), w.m.begin() + padded, ninf);
-    std::fill(w.l.begin(), w.l.begin() + padded, 0.0f);
-
-    // Injected slots: gather visible ones into blocks, dequantise, rotate, attend.
-    const int32_t* tok = p.token + b * p.num_slots;
-    const uint8_t* vis = p.visible + b * p.num_slots;
-    float* k = w.row.data();
-    int64_t nb = 0;
-    auto flush = [&]() {
-        attend_block(w, padded, nb, D, p.scale, w.v.data(), [](int64_t, int64_t) { return true; });
-        nb = 0;
-    };
-    for (int64_t j = 0; j < p.num_slots; ++j) {
-        if (!vis[j]) continue;
-        float* vrow = w.v.data() + nb * D;
-        if (j < p.prefix_len) {
-            load_prefix_row(p.prefix_k, tok[j], h, p.kv_heads, D, k);
-            load_prefix_row(p.prefix_v, tok[j], h, p.kv_heads, D, vrow);
-        } else {
-            const int64_t crow = p.capsule_row ? p.capsule_row[b * p.num_slots + j] : 0;
-            load_row<F>(p.bank_k, tok[j], crow, h, p.kv_heads, D, k);
-            load_row<F>(p.bank_v, tok[j], crow, h, p.kv_heads, D, vrow);
-        }
-        round_row(p.round, k, D);
-        round_row(p.round, vrow, D);
-        const float* c = p.cos + (b * p.num_slots + j) * half;
-        const float* s = p.sin + (b * p.num_slots + j) * half;
-        float* kr = k + D;
-        for (int64_t d = 0; d < half; ++d) {
-            kr[d] = k[d] * c[d] - k[d + half] * s[d];
-            kr[d + half] = k[d + half] * c[d] + k[d] * s[d];
-        }
-        round_row(p.round, kr, D);
-        for (int64_t d = 0; d < D; ++d) w.kT[d * kBlock + nb] = kr[d];
-        if (++nb == kBlock) flush();
-    }
-    if (nb) flush();
-
-    // Own KV: causal (query i sits at kv position kv_len - q_len + i) or the explicit mask.
-    const int64_t shift = p.kv_len - p.q_len;
-    const int64_t end = p.own_mask ? p.kv_len : std::min(p.kv_len, std::max<int64_t>(0, q1 + shift));
-    const float* ok = p.own_k + (b * p.kv_heads + h) * p.kv_len * D;
-    const float* ov = p.own_v + (b * p.kv_heads + h) * p.kv_len * D;
-    for (int64_t j0 = 0; j0 < end; j0 += kBlock) {
-        const int64_t n = std::min(kBlock, end - j0);
-        for (int64_t t = 0; t < n; ++t)
-            for (int64_t d = 0; d < D; ++d) w.kT[d * kBlock + t] = ok[(j0 + t) * D + d];
-        if (p.own_mask) {
-            const uint8_t* mb = p.own_mask + b * p.q_len * p.kv_len;
-            attend_block(w, padded, n, D, p.scale, ov + j0 * D,
-                         [&](int64_t r, int64_t t) { return mb[(q0 + r % tile) * p.kv_len + j0 + t] != 0; });
-        } else {
-            attend_block(w, padded, n, D, p.scale, ov + j0 * D,
-                         [&](int64_t r, int64_t t) { return j0 + t <= q0 + r % tile + shift; });
-        }
-    }
-
-    for (int64_t g = 0; g < group; ++g)
-        for (int64_t i = 0; i < tile; ++i) {
-            const int64_t r = g * tile + i, hq = h * group + g;
-            const int64_t o = (b * p.q_heads + hq) * p.q_len + q0 + i;
-            const float l = w.l[r];
-            float* dst = p.out + o * D;
-            const float* ar = w.acc.data() + r * D;
-            if (l > 0.0f) {
-                const float inv = 1.0f / l;
-                for (int64_t d = 0; d < D; ++d) dst[d] = ar[d] * inv;
-                p.lse[o] = w.m[r] + std::log(l);
-            } else {
-                for (int64_t d = 0; d < D; ++d) dst[d] = 0.0f;
-                p.lse[o] = ninf;
-            }
-        }
-}
-
-template <Format F>
-void run_format(const Problem& p, int threads) {
-    const int64_t group = p.q_heads / p.kv_heads;
-    const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(p.q_len, kRowsTarget / group));
-    const int64_t tiles = (p.q_len + tile - 1) / tile;
-    const int64_t items = p.batch * p.kv_heads * tiles;
-    const int workers = resolve_threads(threads, items);
-    std::vector<Workspace> ws(workers);
-    for (auto& w : ws) w.resize((group * tile + kRowBlock - 1) / kRowBlock * kRowBlock, p.head_dim);
-    parallel_for(items, workers, [&](int worker, int64_t item) {
-        const int64_t t = item % tiles, bh = item / tiles;
-        const int64_t q0 = t * tile, q1 = std::min(p.q_len, q0 + tile);
-        run_item<F>(p, ws[worker], bh / p.kv_heads, bh % p.kv_heads, q0, q1);
-    });
+// 8-wide AVX2/FMA kernels where the CPU has them (measured ~2x the SSE2 baseline on prefill), else 4-wide.
+inline bool use_avx2(int64_t head_dim) {
+#ifdef KVI_ATTN_AVX2
+    static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return cpu && head_dim % 8 == 0;
+#else
+    (void)head_dim;
+    return false;
+#endif
 }
 
 inline void prefix_attention(const Problem& p, int threads) {
@@ -440,16 +252,14 @@ inline void prefix_attention(const Problem& p, int threads) {
     if (p.q_len == 0) return;
     if (p.prefix_k.format != p.prefix_v.format || p.bank_k.format != p.bank_v.format)
         throw std::invalid_argument("prefix_attention: K and V must share a storage format");
-    switch (p.bank_k.format) {
-        case Format::f32: return run_format<Format::f32>(p, threads);
-        case Format::f16: return run_format<Format::f16>(p, threads);
-        case Format::bf16: return run_format<Format::bf16>(p, threads);
-        case Format::i8: return run_format<Format::i8>(p, threads);
-        case Format::i4: return run_format<Format::i4>(p, threads);
-        case Format::i2: return run_format<Format::i2>(p, threads);
-        case Format::fp8: return run_format<Format::fp8>(p, threads);
-    }
-    throw std::invalid_argument("prefix_attention: unknown bank format");
+    if (p.vector_width != 0 && p.vector_width != 4 && p.vector_width != 8)
+        throw std::invalid_argument("prefix_attention: vector_width must be 0, 4 or 8");
+    if (p.vector_width == 8 && !use_avx2(p.head_dim))
+        throw std::invalid_argument("prefix_attention: 8-wide kernels need AVX2+FMA and head_dim % 8 == 0");
+#ifdef KVI_ATTN_AVX2
+    if (p.vector_width != 4 && use_avx2(p.head_dim)) return v8::run(p, threads);
+#endif
+    v4::run(p, threads);
 }
 
 }  // namespace kvi::attn
