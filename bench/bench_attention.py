@@ -75,8 +75,11 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", default=["prefill", "decode"])
     ap.add_argument("--prompt", type=int, default=32, help="own tokens per row (prefill queries)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (the C++ kernel uses as many)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = args.device
     fused = "cpp" if dev == "cpu" else "triton"
     tokens = args.tokens or ([128, 512, 2048] if dev == "cpu" else [128, 512, 1024, 2048])
