@@ -2,6 +2,8 @@
 
     python bench/bench_attention.py                       # CPU: C++ kernel vs reference (bench model geometry)
     python bench/bench_attention.py --device cuda         # GPU: Triton kernel vs reference (Llama-3-8B geometry)
+    TRITON_INTERPRET=1 python bench/bench_attention.py --backend triton --batch 1 --tokens 32 --repeats 1
+                                                          # smoke test of the GPU path on a CPU (timings meaningless)
 
 One attention layer is timed, as one layer of a forward pass runs it:
 - ``reference``      the unfused path at a layer's first use: gather the plan's tokens from the bank, dequantise,
@@ -75,13 +77,19 @@ def main(argv=None) -> int:
     ap.add_argument("--modes", nargs="+", default=["prefill", "decode"])
     ap.add_argument("--prompt", type=int, default=32, help="own tokens per row (prefill queries)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--backend", choices=["cpp", "triton"], default=None,
+                    help="fused backend (default: cpp on cpu, triton on cuda)")
+    ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
+                    help="activations (default: fp32 on cpu, bf16 on cuda)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (the C++ kernel uses as many)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device
-    fused = "cpp" if dev == "cpu" else "triton"
+    fused = args.backend or ("cpp" if dev == "cpu" else "triton")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+        args.dtype or ("fp32" if dev == "cpu" else "bf16")]
     tokens = args.tokens or ([128, 512, 2048] if dev == "cpu" else [128, 512, 1024, 2048])
     geometry = GEOMETRY[dev]
     Hq, Hkv, D = geometry["heads"], geometry["kv_heads"], geometry["hidden"] // geometry["heads"]
@@ -101,9 +109,9 @@ def main(argv=None) -> int:
                     for mode in args.modes:
                         Q, KV = (args.prompt, args.prompt) if mode == "prefill" else (1, args.prompt + 1)
                         g = torch.Generator(device=dev).manual_seed(0)
-                        q = torch.randn(batch, Hq, Q, D, generator=g, device=dev)
-                        k = torch.randn(batch, Hkv, KV, D, generator=g, device=dev)
-                        v = torch.randn(batch, Hkv, KV, D, generator=g, device=dev)
+                        q = torch.randn(batch, Hq, Q, D, generator=g, device=dev).to(dtype)
+                        k = torch.randn(batch, Hkv, KV, D, generator=g, device=dev).to(dtype)
+                        v = torch.randn(batch, Hkv, KV, D, generator=g, device=dev).to(dtype)
                         mask = attention.causal_mask(Q, KV, batch, dev)
 
                         def cold():
@@ -122,14 +130,15 @@ def main(argv=None) -> int:
 
                         runs = {"reference": cold, "reference_warm": warm, fused: kernel}
                         times = _timed_interleaved(runs, args.repeats, warmup=1)
-                        moved = (batch * (injected * bytes_per_token + 2 * Hkv * KV * D * 4)
-                                 + 2 * q.numel() * 4 + mask.numel())
+                        moved = (batch * (injected * bytes_per_token + 2 * Hkv * KV * D * k.element_size())
+                                 + 2 * q.numel() * q.element_size() + mask.numel())
                         best = {name: min(ts) for name, ts in times.items()}
                         for name, t in best.items():
                             gbps = moved / t / 1e9
                             rows.append(dict(device=device_name, commit=machine["commit"], scheme=scheme,
                                              batch=batch, injected_tokens=round(injected), q_len=Q, kv_len=KV,
-                                             q_heads=Hq, kv_heads=Hkv, head_dim=D, mode=mode, backend=name,
+                                             q_heads=Hq, kv_heads=Hkv, head_dim=D, dtype=str(dtype)[6:], mode=mode,
+                                             backend=name,
                                              ms=round(t * 1e3, 3), gbps=round(gbps, 2),
                                              hbm_fraction=round(gbps / hbm, 3) if hbm else "",
                                              speedup_vs_reference=round(best["reference"] / t, 2),
