@@ -1,4 +1,7 @@
 """End to end: greedy generation through each fused backend equals generation through the reference (fp32)."""
+import functools
+import tempfile
+
 import pytest
 import torch
 from conftest import CAPSULES, ENTITIES, model, tokenizer
@@ -7,6 +10,15 @@ from kvi_engine import _core, dispatch
 from kvi_engine.compile import compile_bank
 from kvi_engine.engine import KVIEngine
 from kvi_engine.inject import inject
+
+_ROOT = tempfile.mkdtemp(prefix="kvi-e2e-")
+
+
+@functools.lru_cache(maxsize=None)
+def bank(scheme):
+    m, tok = model("llama", True), tokenizer(True)
+    return compile_bank(m, tok, CAPSULES, f"{_ROOT}/{scheme}", quant=scheme, entities=ENTITIES, progress=False)
+
 
 PROMPTS = ["Which disease does SFTSV cause?", "Where is Oslo?", "Who employs Mira Vance in Kestrel Bay?"]
 CAPS = [[0, 1, 5], [2], []]
@@ -20,40 +32,38 @@ def spy(monkeypatch, module, name):
 
 
 @pytest.mark.parametrize("scheme", ["fp32", "int8"])
-def test_cpp_generation_equals_reference(scheme, tmp_path, monkeypatch):
-    m, tok = model("llama", True), tokenizer(True)
-    bank = compile_bank(m, tok, CAPSULES, tmp_path / "bank", quant=scheme, entities=ENTITIES, progress=False)
-    want = KVIEngine(m, tok, bank, backend="reference").generate(PROMPTS, CAPS, max_new_tokens=8).token_ids
+def test_cpp_generation_equals_reference(scheme, monkeypatch):
+    m, tok, bank_ = model("llama", True), tokenizer(True), bank(scheme)
+    want = KVIEngine(m, tok, bank_, backend="reference").generate(PROMPTS, CAPS, max_new_tokens=6).token_ids
     calls = spy(monkeypatch, _core, "prefix_attention")
-    got = KVIEngine(m, tok, bank, backend="cpp").generate(PROMPTS, CAPS, max_new_tokens=8).token_ids
+    got = KVIEngine(m, tok, bank_, backend="cpp").generate(PROMPTS, CAPS, max_new_tokens=6).token_ids
     assert got == want
-    assert len(calls) >= 8 * m.config.num_hidden_layers  # prefill + every decode step, every layer
+    assert len(calls) >= 6 * m.config.num_hidden_layers  # prefill + every decode step, every layer
     calls.clear()
-    auto = KVIEngine(m, tok, bank).generate(PROMPTS, CAPS, max_new_tokens=8).token_ids
+    auto = KVIEngine(m, tok, bank_).generate(PROMPTS, CAPS, max_new_tokens=6).token_ids
     assert auto == want and calls, "the C++ kernel is the automatic choice on the CPU"
 
 
 def test_cpp_logits_with_layer_masks_and_parallel_layout(tmp_path):
     m, tok = model("qwen3", True), tokenizer(True)
-    bank = compile_bank(m, tok, CAPSULES, tmp_path / "bank", quant="fp32", entities=ENTITIES, progress=False)
+    fp32_bank = compile_bank(m, tok, CAPSULES, tmp_path / "bank", quant="fp32", entities=ENTITIES, progress=False)
     ids = torch.tensor([tok("Which disease does SFTSV cause?", add_special_tokens=False).input_ids])
     for kw in (dict(layers=[1]), dict(capsule_layers={0: [0]}), dict(layout="parallel")):
         with torch.no_grad():
-            with inject(m, bank, [[0, 3, 1]], backend="reference", **kw):
+            with inject(m, fp32_bank, [[0, 3, 1]], backend="reference", **kw):
                 want = m(input_ids=ids).logits
-            with inject(m, bank, [[0, 3, 1]], backend="cpp", **kw):
+            with inject(m, fp32_bank, [[0, 3, 1]], backend="cpp", **kw):
                 got = m(input_ids=ids).logits
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.skipif(not dispatch.triton_runnable(), reason="needs Triton (GPU or TRITON_INTERPRET=1)")
-def test_triton_generation_equals_reference(tmp_path, monkeypatch):
+def test_triton_generation_equals_reference(monkeypatch):
     import kvi_engine.kernels.prefix_attention as kernel
 
-    m, tok = model("llama", True), tokenizer(True)
-    bank = compile_bank(m, tok, CAPSULES, tmp_path / "bank", quant="int8", entities=ENTITIES, progress=False)
+    m, tok, bank_ = model("llama", True), tokenizer(True), bank("int8")
     prompts, caps = PROMPTS[:2], CAPS[:2]
-    want = KVIEngine(m, tok, bank, backend="reference").generate(prompts, caps, max_new_tokens=3).token_ids
+    want = KVIEngine(m, tok, bank_, backend="reference").generate(prompts, caps, max_new_tokens=3).token_ids
     calls = spy(monkeypatch, kernel, "prefix_attention_fwd")
-    got = KVIEngine(m, tok, bank, backend="triton").generate(prompts, caps, max_new_tokens=3).token_ids
+    got = KVIEngine(m, tok, bank_, backend="triton").generate(prompts, caps, max_new_tokens=3).token_ids
     assert got == want and len(calls) >= 3 * m.config.num_hidden_layers
