@@ -11,7 +11,9 @@ One attention layer is timed, as one layer of a forward pass runs it:
 - ``reference_warm`` the same with the gathered KV already cached by the plan (later decode steps; the cache holds a
                      dequantised copy of every injected token of every layer for the plan's life);
 - ``cpp`` / ``triton`` the fused kernel reading the bank in its storage format (plan tables built once per batch).
-Backends are timed round-robin (load from other processes hits all alike); the fastest repeat is reported.
+Backends are timed round-robin (load from other processes hits all alike); the fastest repeat is reported, in wall
+time or, with ``--clock cpu`` (use with ``--threads 1``), in process CPU time: the op's cost on one core, which
+other load on a shared machine barely disturbs.
 GB/s counts the bytes the op must read (bank codes + scales of the injected tokens, own KV, queries) and write.
 Writes bench/results/attention_<device>.{csv,json} with device and commit in every row.
 """
@@ -26,7 +28,7 @@ import torch
 from kvi_engine import attention
 from kvi_engine.compile import compile_bank
 from kvi_engine.models import tiny_model, tiny_tokenizer
-from kvi_engine.overhead import _timed_interleaved, machine_info, synthetic_capsules, write_results
+from kvi_engine.overhead import machine_info, synthetic_capsules, write_results
 from kvi_engine.plan import build_plan
 
 GEOMETRY = {"cpu": dict(hidden=768, heads=12, kv_heads=4), "cuda": dict(hidden=4096, heads=32, kv_heads=8)}
@@ -52,6 +54,19 @@ def capsule_rows(bank, batch: int, tokens: int) -> list[list[int]]:
             j += 1
         rows.append(row)
     return rows
+
+
+def timed(runs: dict, repeats: int, clock) -> dict[str, float]:
+    """Fastest of ``repeats`` round-robin runs (after one warm-up each)."""
+    for fn in runs.values():
+        fn()
+    best = {name: float("inf") for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t0 = clock()
+            fn()
+            best[name] = min(best[name], clock() - t0)
+    return best
 
 
 def hbm_bandwidth(device: str) -> float | None:
@@ -81,6 +96,7 @@ def main(argv=None) -> int:
                     help="fused backend (default: cpp on cpu, triton on cuda)")
     ap.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default=None,
                     help="activations (default: fp32 on cpu, bf16 on cuda)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (the C++ kernel uses as many)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -129,16 +145,15 @@ def main(argv=None) -> int:
                             sync()
 
                         runs = {"reference": cold, "reference_warm": warm, fused: kernel}
-                        times = _timed_interleaved(runs, args.repeats, warmup=1)
+                        best = timed(runs, args.repeats, time.process_time if args.clock == "cpu" else time.perf_counter)
                         moved = (batch * (injected * bytes_per_token + 2 * Hkv * KV * D * k.element_size())
                                  + 2 * q.numel() * q.element_size() + mask.numel())
-                        best = {name: min(ts) for name, ts in times.items()}
                         for name, t in best.items():
                             gbps = moved / t / 1e9
                             rows.append(dict(device=device_name, commit=machine["commit"], scheme=scheme,
                                              batch=batch, injected_tokens=round(injected), q_len=Q, kv_len=KV,
                                              q_heads=Hq, kv_heads=Hkv, head_dim=D, dtype=str(dtype)[6:], mode=mode,
-                                             backend=name,
+                                             backend=name, clock=args.clock, threads=torch.get_num_threads(),
                                              ms=round(t * 1e3, 3), gbps=round(gbps, 2),
                                              hbm_fraction=round(gbps / hbm, 3) if hbm else "",
                                              speedup_vs_reference=round(best["reference"] / t, 2),
