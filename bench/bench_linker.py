@@ -90,7 +90,10 @@ def main(argv=None) -> int:
     r = random.Random(0)
     rng = np.random.default_rng(0)
     words = vocabulary(r, 200_000)
-    names = sorted({" ".join(r.choices(words, k=r.randint(1, 3))) for _ in range(int(args.names * 1.05))})
+    distinct: set[str] = set()
+    while len(distinct) < args.names:
+        distinct.update(" ".join(r.choices(words, k=r.randint(1, 3))) for _ in range(args.names - len(distinct)))
+    names = sorted(distinct)
     names = [names[i] for i in rng.permutation(len(names))[:args.names]]
     ids = (np.arange(len(names)) // 2).astype(np.int64)  # two aliases per entity
     priors = rng.random(len(names)).astype(np.float32)

@@ -115,26 +115,26 @@ class Linker {
         for (int64_t u = 0; u < num_nodes; ++u) child_begin[u + 1] += child_begin[u];
         edges_.resize(num_edges);
         std::vector<int64_t> cursor(child_begin.begin(), child_begin.end() - 1);
-        for (size_t e = 0; e < num_edges; ++e) edges_[cursor[edge_parent[e]]++] = {edge_label[e], static_cast<int32_t>(e + 1)};
-        nodes_.resize(num_nodes);
-        for (int64_t u = 0; u < num_nodes; ++u) {
-            const int32_t term = node_term_[u];
-            nodes_[u] = {static_cast<uint32_t>(child_begin[u]), static_cast<uint32_t>(child_begin[u + 1] - child_begin[u]),
-                         term, term >= 0 ? prior_[term_indptr_[term]] : 0.f};
+        for (size_t e = 0; e < num_edges; ++e) {
+            const int64_t c = static_cast<int64_t>(e) + 1;  // edge e created node e + 1
+            const int32_t term = node_term_[c];
+            edges_[cursor[edge_parent[e]]++] = {edge_label[e], static_cast<uint32_t>(child_begin[c]),
+                                                static_cast<uint32_t>(child_begin[c + 1] - child_begin[c]), term,
+                                                term >= 0 ? prior_[term_indptr_[term]] : 0.f};
         }
+        num_nodes_ = num_nodes;
+        root_count_ = static_cast<uint32_t>(child_begin[1]);
         std::vector<int32_t>().swap(node_term_);
         root_bmp_.assign(0x10000, -1);
-        for (uint32_t j = 0; j < nodes_[0].child_count; ++j) {
-            const Edge& e = edges_[nodes_[0].child_begin + j];
-            if (e.label < 0x10000) root_bmp_[e.label] = e.child;
-        }
+        for (uint32_t j = 0; j < root_count_; ++j)
+            if (edges_[j].label < 0x10000) root_bmp_[edges_[j].label] = static_cast<int32_t>(j);
     }
 
     int64_t num_names() const { return num_names_; }
     int64_t num_keys() const { return static_cast<int64_t>(term_indptr_.size()) - 1; }
-    int64_t num_nodes() const { return static_cast<int64_t>(nodes_.size()); }
+    int64_t num_nodes() const { return num_nodes_; }
     size_t memory_bytes() const {
-        return nodes_.size() * sizeof(Node) + edges_.size() * sizeof(Edge) + term_indptr_.size() * 8 +
+        return edges_.size() * sizeof(Edge) + term_indptr_.size() * 8 +
                entity_.size() * 12 + root_bmp_.size() * 4;
     }
 
@@ -146,13 +146,12 @@ class Linker {
             if (t.cp[a] == ' ' || !norm_->boundary(t, a)) { ++a; continue; }
             size_t best = 0;
             int32_t best_term = -1;
-            int32_t node = 0;
-            for (size_t b = a; b < n; ++b) {
-                node = child(node, t.cp[b]);
-                if (node < 0) break;
-                const Node& nd = nodes_[node];
-                if (nd.term >= 0 && nd.best_prior >= min_prior && norm_->boundary(t, b + 1))
-                    best = b + 1, best_term = nd.term;
+            const Edge* e = root_child(t.cp[a]);
+            for (size_t b = a; e;) {
+                if (e->term >= 0 && e->best_prior >= min_prior && norm_->boundary(t, b + 1))
+                    best = b + 1, best_term = e->term;
+                if (++b == n) break;
+                e = find(e->child_begin, e->child_count, t.cp[b]);
             }
             if (best_term < 0) { ++a; continue; }
             out.start.push_back(t.begin[a]);
@@ -168,30 +167,29 @@ class Linker {
     }
 
   private:
-    // One cache line per step of a walk: a node holds its child range and its name's best prior; an edge holds
-    // label and child together (measured: separate arrays cost ~2x on a 1M-name dictionary).
-    struct Node {
-        uint32_t child_begin, child_count;
-        int32_t term;      // index of the name ending here, or -1
-        float best_prior;  // that name's highest prior
-    };
+    // An edge carries what the walk needs of the node it leads to (its child range, the name ending there and
+    // that name's best prior), so each step of a walk touches one place in memory: the current child range.
     struct Edge {
         uint32_t label;
-        int32_t child;
+        uint32_t child_begin, child_count;  // the child node's own children, in edges_
+        int32_t term;                       // index of the name ending at the child, or -1
+        float best_prior;                   // that name's highest prior
     };
 
-    int32_t child(int32_t node, uint32_t label) const {
-        if (node == 0 && label < 0x10000) return root_bmp_[label];
-        const Node& n = nodes_[node];
-        const Edge* lo = edges_.data() + n.child_begin;
-        const Edge* hi = lo + n.child_count;
-        if (n.child_count <= 8) {
+    const Edge* root_child(uint32_t label) const {
+        if (label < 0x10000) return root_bmp_[label] < 0 ? nullptr : &edges_[root_bmp_[label]];
+        return find(0, root_count_, label);
+    }
+    const Edge* find(uint32_t begin, uint32_t count, uint32_t label) const {
+        const Edge* lo = edges_.data() + begin;
+        const Edge* hi = lo + count;
+        if (count <= 8) {
             for (; lo < hi; ++lo)
-                if (lo->label >= label) return lo->label == label ? lo->child : -1;
-            return -1;
+                if (lo->label >= label) return lo->label == label ? lo : nullptr;
+            return nullptr;
         }
         lo = std::lower_bound(lo, hi, label, [](const Edge& e, uint32_t l) { return e.label < l; });
-        return (lo != hi && lo->label == label) ? lo->child : -1;
+        return (lo != hi && lo->label == label) ? lo : nullptr;
     }
     void sort_candidates(size_t b, size_t e) {
         if (e - b < 2) return;
@@ -210,9 +208,10 @@ class Linker {
     std::shared_ptr<const Normalizer> norm_;
     int64_t num_names_;
     std::vector<int32_t> node_term_;  // during the build only
-    std::vector<Node> nodes_;
-    std::vector<Edge> edges_;         // grouped by parent, ascending label
-    std::vector<int32_t> root_bmp_;   // the root's children by code point (BMP), the hottest lookup
+    std::vector<Edge> edges_;         // grouped by parent node (the root's first), ascending label
+    std::vector<int32_t> root_bmp_;   // index in edges_ of the root's child by code point (BMP): the hottest lookup
+    uint32_t root_count_ = 0;
+    int64_t num_nodes_ = 0;
     std::vector<int64_t> term_indptr_;   // per key: range in entity_ / prior_
     std::vector<int64_t> entity_;
     std::vector<float> prior_;
