@@ -105,8 +105,10 @@ class _PeakRSS:
 
 
 class Bench:
-    def __init__(self, model, tok, caps_bank, sent_bank, prompt_ids: list[int], new_tokens: int, evidence: int):
+    def __init__(self, model, tok, caps_bank, sent_bank, prompt_ids: list[int], new_tokens: int, evidence: int,
+                 clock=time.perf_counter):
         self.model, self.tok, self.new_tokens, self.evidence = model, tok, new_tokens, evidence
+        self.clock = clock
         self.banks = {"kvi": caps_bank, "kvi-dual": caps_bank, "kv-prefix": sent_bank}
         prefix = caps_bank.prefix_token_ids
         self.prefix = prefix
@@ -134,13 +136,13 @@ class Bench:
 
     @torch.no_grad()
     def run(self, method: str, ids, capsule_ids) -> tuple[float, float]:
-        first = {}
+        first, clock = {}, self.clock
 
         class _First:
             def put(self, _):
                 first["n"] = first.get("n", 0) + 1
                 if first["n"] == 2:  # the first put is the prompt
-                    first["t"] = time.perf_counter()
+                    first["t"] = clock()
 
             def end(self):
                 pass
@@ -148,13 +150,13 @@ class Bench:
         kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.new_tokens,
                   min_new_tokens=self.new_tokens, do_sample=False, streamer=_First(),
                   pad_token_id=self.tok.pad_token_id)
-        t0 = time.perf_counter()
+        t0 = clock()
         if capsule_ids is None:
             self.model.generate(**kw)
         else:
             with inject(self.model, self.banks[method], capsule_ids, check=False):
                 self.model.generate(**kw)
-        total = time.perf_counter() - t0
+        total = clock() - t0
         return first["t"] - t0, total
 
     def measure(self, sweep: str, method: str, n: int, batch: int, repeats: int, warmup: int) -> Row:
@@ -236,6 +238,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: perf_counter (what a user sees); cpu: process CPU time, steadier on a shared machine "
+                         "(sums every thread: use with --threads 1)")
     ap.add_argument("--out", default="bench/results/overhead")
     args = ap.parse_args(argv)
     if min(args.capsules + [args.batch_capsules]) < 0 or min(args.batch) < 1 or args.new_tokens < 1:
@@ -259,23 +264,27 @@ def main(argv=None) -> int:
                              templates={"states": "{subject}"})
         text = " ".join(f"Question {i}: which district holds station {i} of the survey?" for i in range(40))
         prompt = (caps.prefix_token_ids + tok(text, add_special_tokens=False).input_ids)[:args.prompt_tokens]
-        bench = Bench(model, tok, caps, sents, prompt, args.new_tokens, args.evidence)
-        rows = [bench.measure(s, m, n, b, args.repeats, args.warmup)
-                for s, m, n, b in tqdm(grid, desc="overhead", unit="cell")]
+        clock = time.perf_counter if args.clock == "wall" else time.process_time
+        bench = Bench(model, tok, caps, sents, prompt, args.new_tokens, args.evidence, clock)
         cap_tokens = caps.num_tokens / caps.num_capsules
         sent_tokens = sents.num_tokens / sents.num_capsules
-    _ratios(rows)
+        meta = dict(params=n_params, prompt_tokens=len(prompt), capsule_tokens=cap_tokens,
+                    sentence_tokens=sent_tokens, new_tokens=args.new_tokens, repeats=args.repeats, clock=args.clock,
+                    memory="peak RSS increase over the pre-call RSS (/proc/self/statm, 1 ms sampling, "
+                           "after malloc_trim)", argv=sys.argv[1:] if argv is None else list(argv))
+        rows = []
+        for s, m, n, b in tqdm(grid, desc="overhead", unit="cell"):
+            rows.append(bench.measure(s, m, n, b, args.repeats, args.warmup))
+            _ratios(rows)
+            write_results(rows, args.out, **meta, complete=False)  # a long run stopped midway keeps its cells
     print(f"model: {type(model).__name__} {n_params / 1e6:.0f}M params, {model.dtype}, {torch.get_num_threads()} "
           f"threads; prompt {len(prompt)} tokens; capsules ~{cap_tokens:.1f} tokens, sentences ~{sent_tokens:.1f}; "
-          f"{args.new_tokens} new tokens; median of {args.repeats}")
+          f"{args.new_tokens} new tokens; median of {args.repeats}; {args.clock} clock")
     print(format_table(rows, ["sweep", "method", "capsules", "batch", "knowledge_tokens", "ttft_ms",
                               "ttft_ratio_to_llm", "decode_tok_s", "peak_rss_mib", "cache_mib"]))
     lines = targets(rows)
     print("\n".join(lines))
-    write_results(rows, args.out, params=n_params, prompt_tokens=len(prompt), capsule_tokens=cap_tokens,
-                  sentence_tokens=sent_tokens, new_tokens=args.new_tokens, repeats=args.repeats,
-                  memory="peak RSS increase over the pre-call RSS (/proc/self/statm, 1 ms sampling, after malloc_trim)",
-                  targets=lines, argv=sys.argv[1:] if argv is None else list(argv))
+    write_results(rows, args.out, **meta, complete=True, targets=lines)
     plot(rows, args.out + ".png")
     print(f"wrote {args.out}.json / .csv / .png ({machine_info()['commit']})")
     return 0

@@ -60,7 +60,7 @@ def test_smoke_run_writes_every_cell(tmp_path, capsys):
     data = json.loads(out.with_suffix(".json").read_text())
     rows = data["rows"]
     assert len(rows) == 2 * 5 + 2 * 5 and {r["method"] for r in rows} == set(bo.METHODS)
-    assert data["machine"]["commit"] is not None and "RSS" in data["memory"]
+    assert data["machine"]["commit"] is not None and "RSS" in data["memory"] and data["complete"]
     for r in rows:
         assert r["ttft_ms"] > 0 and r["decode_tok_s"] > 0 and r["peak_rss_mib"] >= 0 and r["cache_mib"] > 0
         if r["method"] == "llm":
