@@ -120,12 +120,34 @@ def bank_layer(bank, layer: int, segment: int = 0) -> BankLayer:
 
 
 _ROUND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_FLOAT_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 CPP_VECTOR_WIDTH = 0  # 0: widest the CPU runs (AVX2+FMA 8-wide, else 4-wide); tests pin 4 to cover the baseline
 
 
 def _numpy(t: torch.Tensor):
     """Zero-copy numpy view; bfloat16 (no numpy dtype) crosses as its uint16 bits."""
     return t.view(torch.int16).numpy().view("uint16") if t.dtype == torch.bfloat16 else t.numpy()
+
+
+def _cpp_bank_args(plan, layer: int, dtype: torch.dtype) -> list[dict]:
+    """Per bank segment, the kernel's bank and table arguments at ``layer`` as numpy views, built once per plan
+    (decode calls the op once per layer per token: this keeps its Python overhead to the activations)."""
+    key = ("cpp_args", layer, dtype)
+    if key not in plan._cache:
+        cos, sin = plan.rope_table(dtype)
+        passes = []
+        for tables in plan.slot_tables("cpu"):
+            src = bank_layer(plan.bank, layer, tables.segment)
+            passes.append(dict(
+                bank_k=_numpy(src.k), bank_v=_numpy(src.v), bank_format=src.scheme, prefix_k=_numpy(src.prefix_k),
+                prefix_v=_numpy(src.prefix_v), prefix_format=_FLOAT_NAMES[src.prefix_k.dtype],
+                token=tables.token.numpy(), visible=tables.layer_visible(layer).numpy(), cos=cos.numpy(),
+                sin=sin.numpy(), group_size=src.group_size, key_per_capsule=src.key_per_capsule,
+                capsule_row=tables.capsule_row.numpy(),
+                **{n: None if t is None else _numpy(t) for n, t in (("k_scale", src.k_scale), ("k_zero", src.k_zero),
+                                                                  ("v_scale", src.v_scale), ("v_zero", src.v_zero))}))
+        plan._cache[key] = passes
+    return plan._cache[key]
 
 
 def cpp(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_lse=True):
@@ -140,28 +162,19 @@ def cpp(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_
         raise TypeError(f"unsupported activation dtype {own_k.dtype}")
     B, Hq, Q, D = query.shape
     KV = own_k.shape[2]
-    cos, sin = plan.rope_table(own_k.dtype)
     mask = own_visibility(own_mask, B, Q, KV)
     mask = None if mask is None else mask.to(torch.uint8).contiguous()
     q, k, v = (x.detach().float().contiguous() for x in (query, own_k, own_v))
     result = None
-    for tables in plan.slot_tables("cpu"):
-        src = bank_layer(plan.bank, layer, tables.segment)
-        prefix_format = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[src.prefix_k.dtype]
-        params = {n: None if t is None else _numpy(t) for n, t in
-                  (("k_scale", src.k_scale), ("k_zero", src.k_zero), ("v_scale", src.v_scale), ("v_zero", src.v_zero))}
+    for bank_args in _cpp_bank_args(plan, layer, own_k.dtype):
         own = slice(None) if result is None else slice(0)  # own KV is attended in the first pass only
         out = torch.empty(B, Hq, Q, D, dtype=torch.float32)
         lse = torch.empty(B, Hq, Q, dtype=torch.float32)
         _core.prefix_attention(q.numpy(), k[:, :, own].numpy(), v[:, :, own].numpy(),
-                               None if mask is None else mask[:, :, own].contiguous().numpy(),
-                               _numpy(src.k), _numpy(src.v), src.scheme, _numpy(src.prefix_k), _numpy(src.prefix_v),
-                               prefix_format, tables.token.numpy(), tables.layer_visible(layer).numpy(), cos.numpy(),
-                               sin.numpy(), out.numpy(), lse.numpy(),
-                               scaling if scaling is not None else 1 / math.sqrt(D), _ROUND[own_k.dtype], **params,
-                               group_size=src.group_size, key_per_capsule=src.key_per_capsule,
-                               capsule_row=tables.capsule_row.numpy(), num_threads=torch.get_num_threads(),
-                               vector_width=CPP_VECTOR_WIDTH)
+                               None if mask is None else mask[:, :, own].contiguous().numpy(), out=out.numpy(),
+                               lse=lse.numpy(), scale=scaling if scaling is not None else 1 / math.sqrt(D),
+                               round=_ROUND[own_k.dtype], num_threads=torch.get_num_threads(),
+                               vector_width=CPP_VECTOR_WIDTH, **bank_args)
         result = (out, lse) if result is None else merge_state(*result, out, lse)
     out, lse = result
     return out.to(query.dtype), lse
