@@ -10,6 +10,7 @@ from kvi_engine.ingest import build_assets, load_documents, sample_dir
 from kvi_engine.methods import METHODS, method, parse_methods
 from kvi_engine.models import tiny_model, tiny_tokenizer
 from kvi_engine.pipeline import Knowledge, QueryPipeline, build_knowledge, make_encoder, postprocess
+from kvi_engine.statements import render_statement
 from kvi_engine.retrieval import NO_ENTITY
 
 D = sample_dir()
@@ -107,3 +108,28 @@ def test_bad_input(pipe):
         make_encoder("bm25")
     with pytest.raises(FileNotFoundError, match="not a KPR model directory"):
         make_encoder("kpr:/nonexistent/kpr-model")
+
+
+def test_kpr_retriever_drives_dense_retrieval_and_drm(pipe, tmp_path):
+    """`--retriever kpr:DIR`: a (tiny, untrained) KPR model replaces MiniLM in RAG/KV Prefix and in DRM."""
+    from kvi_engine.kpr.cli import main as kpr
+    from kvi_engine.kpr.make_dataset import generate, write
+    from kvi_engine.kpr.testing import tiny_base
+
+    write(tmp_path / "data", generate(3, n_people=24, n_orgs=6, n_places=5))
+    assert kpr(["kpr", "build", "--base", str(tiny_base(tmp_path / "base")), "--entities",
+                str(tmp_path / "data" / "entities_train.jsonl"), "--contexts", str(tmp_path / "data" / "contexts.jsonl"),
+                "--out", str(tmp_path / "kpr")]) == 0
+    enc = make_encoder(f"kpr:{tmp_path / 'kpr'}")
+    q = "Who founded Quillon Biotech?"
+    out = QueryPipeline(pipe.model, pipe.tokenizer, pipe.knowledge, encoder=enc).compare([q], ["RAG", "KVI"],
+                                                                                          max_new_tokens=1)
+    store = list(pipe.knowledge.store)
+    sims = enc.encode_queries([q]) @ enc.encode_passages([s.text for s in store]).T
+    rag = out["RAG"][0].trace
+    assert rag.passages[0]["id"] == store[int(sims.argmax())].id
+    assert rag.passages[0]["score"] == pytest.approx(float(sims.max()), abs=1e-3)
+    top = out["KVI"][0].trace.triples[0]
+    cap = next(c for c in pipe.knowledge.capsules if c.triple == (top["subject"], top["relation"], top["object"]))
+    e = float((enc.encode_queries([q]) @ enc.encode_passages([render_statement(cap)]).T)[0, 0])
+    assert top["embedding"] == pytest.approx(max(e, 0.0), abs=1e-3)
