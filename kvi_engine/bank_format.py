@@ -142,6 +142,10 @@ class Container:
             if size < PREAMBLE_SIZE:
                 raise BankFormatError(f"{self.path}: truncated preamble ({size} of {PREAMBLE_SIZE} bytes)")
             self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        if hasattr(self._mm, "madvise"):
+            # Capsules are read at random: without this, readahead and fault-around map ~16 neighbouring pages per
+            # touched page (measured: 6.6x the pages touched on a 1M-capsule bank; bench/bench_bank_scale.py).
+            self._mm.madvise(mmap.MADV_RANDOM)
         magic, version, _, hoff, hlen, hcrc = _PREAMBLE.unpack_from(self._mm)
         if magic != MAGIC:
             raise BankFormatError(f"{self.path}: not a KV bank (bad magic {magic!r})")
