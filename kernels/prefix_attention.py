@@ -35,27 +35,28 @@ def _load_bank(CODES, SCALE, ZERO, row, param_row, cols, ok, dmask, FMT: tl.cons
     FMT 0-2 float, 3 int8, 4 int4, 5 int2, 6 fp8 e4m3fn); params are read at ``param_row``."""
     m = ok[:, None] & dmask[None, :]
     if FMT < 3:
-        return tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0.0).to(tl.float32)
-    if FMT == 4:
-        byte = tl.load(CODES + row[:, None] * (D // 2) + (cols // 2)[None, :], mask=m, other=0).to(tl.int32)
-        q = ((byte >> ((cols % 2) * 4)[None, :]) & 15).to(tl.float32)
-    elif FMT == 5:
-        byte = tl.load(CODES + row[:, None] * (D // 4) + (cols // 4)[None, :], mask=m, other=0).to(tl.int32)
-        q = ((byte >> ((cols % 4) * 2)[None, :]) & 3).to(tl.float32)
-    elif FMT == 6:
-        # e4m3fn by its bits (exact, and the interpreter has no fp8): normal (8 + m) 2^(e - 10), subnormal m 2^-9
-        c = tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0).to(tl.int32)
-        e = (c >> 3) & 15
-        mant = c & 7
-        normal = (((e + 120) << 23) | (mant << 20)).to(tl.float32, bitcast=True)
-        q = tl.where(e == 0, mant.to(tl.float32) * 0.001953125, normal)
-        q = tl.where((c & 128) != 0, -q, q)
+        x = tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0.0).to(tl.float32)
     else:
-        q = tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0).to(tl.float32)
-    p_off = param_row[:, None] * (D // G) + (cols // G)[None, :]
-    x = q * tl.load(SCALE + p_off, mask=m, other=0.0).to(tl.float32)
-    if FMT == 4 or FMT == 5:
-        x += tl.load(ZERO + p_off, mask=m, other=0.0).to(tl.float32)
+        if FMT == 4:
+            byte = tl.load(CODES + row[:, None] * (D // 2) + (cols // 2)[None, :], mask=m, other=0).to(tl.int32)
+            q = ((byte >> ((cols % 2) * 4)[None, :]) & 15).to(tl.float32)
+        elif FMT == 5:
+            byte = tl.load(CODES + row[:, None] * (D // 4) + (cols // 4)[None, :], mask=m, other=0).to(tl.int32)
+            q = ((byte >> ((cols % 4) * 2)[None, :]) & 3).to(tl.float32)
+        elif FMT == 6:
+            # e4m3fn from its bits (exact; the interpreter has no fp8): normal (8 + m) 2^(e - 10), subnormal m 2^-9
+            c = tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0).to(tl.int32)
+            e = (c >> 3) & 15
+            mant = c & 7
+            normal = (((e + 120) << 23) | (mant << 20)).to(tl.float32, bitcast=True)
+            q = tl.where(e == 0, mant.to(tl.float32) * 0.001953125, normal)
+            q = tl.where((c & 128) != 0, -q, q)
+        else:
+            q = tl.load(CODES + row[:, None] * D + cols[None, :], mask=m, other=0).to(tl.float32)
+        p_off = param_row[:, None] * (D // G) + (cols // G)[None, :]
+        x = q * tl.load(SCALE + p_off, mask=m, other=0.0).to(tl.float32)
+        if FMT == 4 or FMT == 5:
+            x += tl.load(ZERO + p_off, mask=m, other=0.0).to(tl.float32)
     return x
 
 
