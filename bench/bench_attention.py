@@ -4,6 +4,7 @@
     python bench/bench_attention.py --device cuda         # GPU: Triton kernel vs reference (Llama-3-8B geometry)
     TRITON_INTERPRET=1 python bench/bench_attention.py --backend triton --batch 1 --tokens 32 --repeats 1
                                                           # smoke test of the GPU path on a CPU (timings meaningless)
+    python bench/bench_attention.py --compile-only 90     # compile the Triton kernel for sm_90 without a GPU
 
 One attention layer is timed, as one layer of a forward pass runs it:
 - ``reference``      the unfused path at a layer's first use: gather the plan's tokens from the bank, dequantise,
@@ -83,6 +84,36 @@ def hbm_bandwidth(device: str) -> float | None:
     return 2 * x.numel() * 20 / (time.perf_counter() - t0) / 1e9
 
 
+def compile_only(arch: int) -> None:
+    """Compile the Triton kernel to a cubin for CUDA ``arch`` (no GPU needed): every bank format and activation
+    dtype, with and without an explicit mask, at head_dim 128; prints shared memory per configuration."""
+    import inspect
+
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from kvi_engine.kernels.prefix_attention import _FORMATS, _prefix_attn_kernel
+
+    act_types = {"fp32": tl.float32, "fp16": tl.float16, "bf16": tl.bfloat16}
+    code_types = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16", "int8": "*i8"}
+    for scheme, fmt in _FORMATS.items():
+        for act, has_mask in (("bf16", False), ("fp16", True), ("fp32", False)):
+            a = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}[act]
+            ptrs = dict(Q=a, OWN_K=a, OWN_V=a, OWN_MASK="*u8", BANK_K=code_types.get(scheme, "*u8"),
+                        BANK_V=code_types.get(scheme, "*u8"), K_SCALE="*fp16", K_ZERO="*fp16", V_SCALE="*fp16",
+                        V_ZERO="*fp16", PRE_K="*fp16", PRE_V="*fp16", TOKEN="*i32", POS="*i32", VIS="*u8",
+                        CROW="*i32", INV_FREQ="*fp32", OUT=a, LSE="*fp32")
+            const = dict(HAS_MASK=has_mask, HALF=64, BLOCK_H=64, BLOCK_M=64, BLOCK_N=64, ACT=act_types[act],
+                         DOT=act_types[act], PRECISION="ieee" if act == "fp32" else "tf32", FMT=fmt, GROUP_K=128,
+                         GROUP_V=128, K_PER_CAPSULE=False)
+            sig = {n: ptrs.get(n) or ("constexpr" if n in const else "fp32" if n in ("scale", "rope_scale") else "i32")
+                   for n in inspect.signature(_prefix_attn_kernel.fn).parameters}
+            k = triton.compile(ASTSource(_prefix_attn_kernel, sig, const), target=GPUTarget("cuda", arch, 32))
+            print(f"sm_{arch} {scheme:5} act={act} mask={has_mask}: ok, shared {k.metadata.shared} B", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
@@ -99,7 +130,11 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (the C++ kernel uses as many)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--compile-only", type=int, metavar="ARCH", help="compile the Triton kernel for sm_ARCH and exit")
     args = ap.parse_args(argv)
+    if args.compile_only:
+        compile_only(args.compile_only)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = args.device

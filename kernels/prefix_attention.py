@@ -223,6 +223,8 @@ def prefix_attention_fwd(query, own_k, own_v, own_mask, plan, layer, model=None,
     act = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
     # The interpreter's tl.dot mishandles bfloat16 operands: feed it the same (bf16-rounded) values in float32.
     dot = tl.float32 if act == tl.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1" else act
+    # fp32 operands at BLOCK_N 64 need ~180 KB of shared memory at head_dim 128 (sm_90 compile): more than A100s have.
+    block_n = 32 if query.dtype == torch.float32 and query.is_cuda else 64
     grid = (math.ceil(rows / block_m), B * Hkv)
     result = None
     for tables in plan.slot_tables(device):
@@ -243,7 +245,7 @@ def prefix_attention_fwd(query, own_k, own_v, own_mask, plan, layer, model=None,
             tables.token.shape[1], tables.prefix_len, Q, kv, Hkv, Hq // Hkv,
             scaling if scaling is not None else 1 / math.sqrt(D), tables.attention_scaling,
             HAS_MASK=mask is not None, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(D // 2)),
-            BLOCK_M=block_m, BLOCK_N=64, ACT=act, DOT=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
+            BLOCK_M=block_m, BLOCK_N=block_n, ACT=act, DOT=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
             FMT=_FORMATS[src.scheme], GROUP_K=1 if src.key_per_capsule else max(src.group_size, 1),
             GROUP_V=max(src.group_size, 1), K_PER_CAPSULE=src.key_per_capsule,
         )
@@ -255,6 +257,8 @@ def prefix_attention_fwd(query, own_k, own_v, own_mask, plan, layer, model=None,
     act = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
     # The interpreter's tl.dot mishandles bfloat16 operands: feed it the same (bf16-rounded) values in float32.
     dot = tl.float32 if act == tl.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1" else act
+    # fp32 operands at BLOCK_N 64 need ~180 KB of shared memory at head_dim 128 (sm_90 compile): more than A100s have.
+    block_n = 32 if query.dtype == torch.float32 and query.is_cuda else 64
     grid = (math.ceil(rows / block_m), B * Hkv)
     _prefix_attn_kernel[grid](
         query, own_k, own_v, mask if mask is not None else out, bank_k, bank_v, pre_k, pre_v,
