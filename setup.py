@@ -1,7 +1,10 @@
 """Builds the private extension kvi_engine._core; kernels/ ships as kvi_engine.kernels.
 
-KVI_SANITIZE=1 builds the extension with AddressSanitizer + UBSan (run the tests with
-LD_PRELOAD=$(gcc -print-file-name=libasan.so) so the runtime loads before Python).
+KVI_SANITIZE=1 builds the extension with AddressSanitizer + UBSan. Run the native tests with the runtimes loaded
+before Python (libstdc++ too, or ASan aborts on the first C++ exception):
+    KVI_SANITIZE=1 python setup.py build_ext --inplace --force
+    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
+        python -m pytest -q --noconftest tests/test_graph.py tests/test_traverse.py tests/test_linker.py
 """
 import os
 from glob import glob
@@ -19,6 +22,7 @@ ext = Pybind11Extension(
     "kvi_engine._core",
     sorted(glob("csrc/*.cpp")),
     include_dirs=["csrc"],
+    depends=sorted(glob("csrc/kvi/*.h")),  # header-only algorithms: a changed header must rebuild the module
     cxx_std=17,
     extra_compile_args=compile_args,
     extra_link_args=link_args,
