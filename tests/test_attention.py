@@ -4,8 +4,10 @@ Banks are real: compiled by tiny random models in every storage scheme, so the k
 kvi_engine.quant specifies it. Queries are scaled so attention is peaked (a wrong code, scale, rotation or slot shows
 up far above the tolerance), and own K/V have the bank's magnitude so injected tokens matter.
 """
+import atexit
 import functools
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -33,6 +35,7 @@ TEMPLATES = {"one": "{object}", "long": "{subject} {object}."}
 EXTRA = [Capsule("Oslo", "capital_of", "Norway"), Capsule("Favipiravir", "inhibits", "viral RNA polymerase")]
 TRITON = dispatch.triton_runnable()
 _ROOT = tempfile.mkdtemp(prefix="kvi-attn-")
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)

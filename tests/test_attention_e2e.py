@@ -1,5 +1,7 @@
 """End to end: greedy generation through each fused backend equals generation through the reference (fp32)."""
+import atexit
 import functools
+import shutil
 import tempfile
 
 import pytest
@@ -12,6 +14,7 @@ from kvi_engine.engine import KVIEngine
 from kvi_engine.inject import inject
 
 _ROOT = tempfile.mkdtemp(prefix="kvi-e2e-")
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 @functools.lru_cache(maxsize=None)
