@@ -88,13 +88,24 @@ def measure_ttft(model, bank: KVBank, prompt_ids: list[int], capsule_ids: list[i
     return rows
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, timeout=5).stdout.strip()
     except (OSError, subprocess.TimeoutExpired):
         commit = ""
-    return {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+    return {"machine": platform.machine(), "processor": _cpu_name(),
             "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "commit": commit, "unix_time": time.time()}
