@@ -7,7 +7,9 @@ from kvi_engine.capsules import Capsule, CapsuleFormatError, Entity, load_capsul
 from kvi_engine.capsules import save_capsules, save_entities  # noqa: E402
 from kvi_engine.bank import KVBank  # noqa: E402
 from kvi_engine.bank_format import BankFormatError  # noqa: E402
-from kvi_engine.compile import compile_bank  # noqa: E402
+from kvi_engine.compile import add_capsules, compile_bank, recompile_entity  # noqa: E402
+from kvi_engine.quant_spec import QuantSpec  # noqa: E402
+from kvi_engine.bank_cache import DeviceKVCache  # noqa: E402
 from kvi_engine.fingerprint import FingerprintMismatch  # noqa: E402
 from kvi_engine.inject import inject  # noqa: E402
 from kvi_engine.engine import KVIEngine  # noqa: E402
