@@ -251,26 +251,5 @@ def prefix_attention_fwd(query, own_k, own_v, own_mask, plan, layer, model=None,
         )
         result = (out, lse) if first else merge_state(*result, out, lse)
     return result
-    half = D // 2
-    rows = (Hq // Hkv) * Q
-    block_m = min(64, max(16, triton.next_power_of_2(rows)))
-    act = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
-    # The interpreter's tl.dot mishandles bfloat16 operands: feed it the same (bf16-rounded) values in float32.
-    dot = tl.float32 if act == tl.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1" else act
-    # fp32 operands at BLOCK_N 64 need ~180 KB of shared memory at head_dim 128 (sm_90 compile): more than A100s have.
-    block_n = 32 if query.dtype == torch.float32 and query.is_cuda else 64
-    grid = (math.ceil(rows / block_m), B * Hkv)
-    _prefix_attn_kernel[grid](
-        query, own_k, own_v, mask if mask is not None else out, bank_k, bank_v, pre_k, pre_v,
-        tables.token, tables.position, tables.layer_visible(layer), tables.inv_freq, out, lse,
-        query.stride(0), query.stride(1), query.stride(2), own_k.stride(0), own_k.stride(1), own_k.stride(2),
-        own_v.stride(0), own_v.stride(1), own_v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
-        tables.token.shape[1], tables.prefix_len, Q, KV, Hkv, Hq // Hkv,
-        scaling if scaling is not None else 1 / math.sqrt(D), tables.attention_scaling,
-        HAS_MASK=mask is not None, HALF=half, BLOCK_H=max(16, triton.next_power_of_2(half)), BLOCK_M=block_m,
-        BLOCK_N=64, ACT=act, DOT=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
-    )
-    return out, lse
 
 

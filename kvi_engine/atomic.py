@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -19,7 +20,7 @@ def fsync_dir(path: str | os.PathLike) -> None:
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write to ``path.tmp-<pid>``, fsync, rename over ``path``, fsync the directory. On error nothing changes."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     f = open(tmp, mode)
     try:
         yield f

@@ -208,10 +208,27 @@ def _runs_on(name: str, device: torch.device) -> bool:
     return device.type in _DEVICES.get(name, (device.type,))
 
 
-def select(device: torch.device, backend: str | None = None) -> tuple[str, object]:
+def reference_cache_bytes(plan) -> int:
+    """Bytes of the float32 injected K/V the reference path keeps for the plan's life (all layers)."""
+    shape = plan.bank.shape
+    return plan.batch_size * plan.num_slots * shape.num_layers * shape.num_kv_heads * shape.head_dim * 2 * 4
+
+
+def _prefer(device: torch.device, plan) -> str | None:
+    # Measured on the CPU (bench/bench_attention.py, bench/bench_ttft.py): while its per-plan float copy of the
+    # injected KV is small, the reference path (gathered once, then MKL GEMMs) beats the fused C++ kernel
+    # (bench model, 128 capsules, fp32 bank: prefill 203 vs 250 ms; decode at batch 1: 0.54-0.77x for the kernel).
+    # The kernel wins as the injected KV grows and needs no copy: prefer the reference only below a memory cap.
+    if plan is None or device.type != "cpu":
+        return None
+    cap = float(os.environ.get("KVI_REFERENCE_CACHE_MAX_MB", "256")) * 2**20
+    return "reference" if reference_cache_bytes(plan) <= cap else None
+
+
+def select(device: torch.device, backend: str | None = None, plan=None) -> tuple[str, object]:
     """Backend for tensors on ``device``: a forced one must be able to run there; the automatic choice takes the
-    first preferred backend that can."""
-    name, fn = dispatch.select(OP, backend)
+    first preferred backend that can (given the plan, the reference while its KV copy stays small on the CPU)."""
+    name, fn = dispatch.select(OP, backend, prefer=_prefer(device, plan))
     if _runs_on(name, device):
         return name, fn
     if dispatch.requested_backend(OP, backend) is not None:
@@ -228,5 +245,5 @@ def select(device: torch.device, backend: str | None = None) -> tuple[str, objec
 
 def prefix_attention(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, *, backend=None,
                      return_lse=False):
-    _, fn = select(query.device, backend)
+    _, fn = select(query.device, backend, plan)
     return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=return_lse)

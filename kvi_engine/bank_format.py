@@ -16,6 +16,7 @@ import errno
 import mmap
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,7 @@ class ContainerWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         self.f = open(self.tmp, "w+b")
         self.f.write(b"\0" * PREAMBLE_SIZE)
         self.sections: dict[str, Section] = {}

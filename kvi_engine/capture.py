@@ -17,6 +17,10 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 CAPTURE_IMPL = "kvi_capture"
 _state = threading.local()
+# The RoPE wrapper is installed in the shared modeling module, so it is seen by every model of that family in
+# every thread: it records only inside a capture on its own thread and is installed once, reference-counted.
+_patch_lock = threading.Lock()
+_patched: dict = {}  # modeling module -> [original apply_rotary_pos_emb, active captures]
 
 
 def attention_modules(model) -> list[torch.nn.Module]:
@@ -62,17 +66,22 @@ def capture_kv(model):
 
     def wrap(orig):
         def apply_rotary_pos_emb(q, k, cos, sin, *a, **kw):
-            # Attribute k to the attention module whose forward is running (set by its pre-hook).
-            _state.pending[_state.current] = k
+            if getattr(_state, "records", None) is not None:
+                # Attribute k to the attention module whose forward is running (set by its pre-hook).
+                _state.pending[_state.current] = k
             return orig(q, k, cos, sin, *a, **kw)
         return apply_rotary_pos_emb
 
     def pre_hook(m, args):
         _state.current = id(m)
 
+    with _patch_lock:
+        for mod, fn in originals.items():
+            entry = _patched.setdefault(mod, [fn, 0])
+            if entry[1] == 0:
+                setattr(mod, "apply_rotary_pos_emb", wrap(entry[0]))
+            entry[1] += 1
     hooks = [m.register_forward_pre_hook(pre_hook) for m in attns]
-    for mod, fn in originals.items():
-        setattr(mod, "apply_rotary_pos_emb", wrap(fn))
     old = set_attn_implementation(model, CAPTURE_IMPL)
     _state.records, _state.pending, _state.current = {}, {}, None
     try:
@@ -81,6 +90,11 @@ def capture_kv(model):
         _state.records = None
         for h in hooks:
             h.remove()
-        for mod, fn in originals.items():
-            setattr(mod, "apply_rotary_pos_emb", fn)
+        with _patch_lock:
+            for mod in originals:
+                entry = _patched[mod]
+                entry[1] -= 1
+                if entry[1] == 0:
+                    setattr(mod, "apply_rotary_pos_emb", entry[0])
+                    del _patched[mod]
         set_attn_implementation(model, old)

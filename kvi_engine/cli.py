@@ -22,7 +22,8 @@ def _user_errors():
     from kvi_engine.dispatch import BackendUnavailable
     from kvi_engine.fingerprint import FingerprintMismatch
     from kvi_engine.rope import UnsupportedRoPE
-    return (FileNotFoundError, CapsuleFormatError, BankFormatError, FingerprintMismatch, UnsupportedRoPE,
+    # OSError: a named model or tokenizer that cannot be found or loaded.
+    return (OSError, CapsuleFormatError, BankFormatError, FingerprintMismatch, UnsupportedRoPE,
             BackendUnavailable, IndexError, ValueError)
 
 

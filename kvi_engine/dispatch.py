@@ -39,7 +39,13 @@ def register(op: str, backend: str, fn: Callable, available: Callable[[], bool] 
 
 
 def requested_backend(op: str, backend: str | None = None) -> str | None:
-    name = backend or os.environ.get(f"KVI_BACKEND_{op.upper()}") or os.environ.get("KVI_BACKEND")
+    """``backend`` argument, else ``KVI_BACKEND_<OP>`` (strict), else ``KVI_BACKEND`` -- which applies only to the
+    ops that have that backend, so ``KVI_BACKEND=triton`` does not break ops with no Triton implementation."""
+    name = backend or os.environ.get(f"KVI_BACKEND_{op.upper().replace('.', '_')}")
+    if not name:
+        name = os.environ.get("KVI_BACKEND")
+        if name and name not in _REGISTRY.get(op, {}):
+            name = None
     if name in (None, "", "auto"):
         return None
     if name not in PREFERENCE:
@@ -47,8 +53,9 @@ def requested_backend(op: str, backend: str | None = None) -> str | None:
     return name
 
 
-def select(op: str, backend: str | None = None) -> tuple[str, Callable]:
-    """Return ``(backend_name, fn)`` for ``op``; explicit requests that cannot run raise."""
+def select(op: str, backend: str | None = None, prefer: str | None = None) -> tuple[str, Callable]:
+    """Return ``(backend_name, fn)`` for ``op``; explicit requests that cannot run raise. ``prefer`` (from the op,
+    knowing its call) puts one backend first in the automatic choice; it never overrides an explicit request."""
     impls = _REGISTRY.get(op)
     if not impls:
         raise KeyError(f"no implementation registered for op {op!r}")
@@ -60,7 +67,7 @@ def select(op: str, backend: str | None = None) -> tuple[str, Callable]:
         if not impl.available():
             raise BackendUnavailable(f"backend {want!r} for op {op!r} cannot run here: {impl.why_not or 'unavailable'}")
         return want, impl.fn
-    for name in PREFERENCE:
+    for name in ((prefer,) if prefer else ()) + PREFERENCE:
         impl = impls.get(name)
         if impl is not None and impl.auto():
             return name, impl.fn

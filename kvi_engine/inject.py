@@ -43,6 +43,13 @@ def _kvi_attention(module, query, key, value, attention_mask, scaling=None, drop
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
     plan = state.plan
+    window = kwargs.get("sliding_window")
+    if window is not None and plan.num_slots + key.shape[2] > window:
+        raise ValueError(f"layer {module.layer_idx} uses a sliding window of {window} tokens, shorter than the "
+                         f"{plan.num_slots} injected + {key.shape[2]} own tokens: sliding windows over injected "
+                         "capsules are not supported")
+    if kwargs.get("softcap") is not None:
+        raise ValueError("attention logit soft-capping is not supported by injection")
     if query.shape[0] != plan.batch_size:
         raise ValueError(f"batch of {query.shape[0]} rows but the injection plan has {plan.batch_size} rows "
                          "(one capsule list per row; beam search / num_return_sequences need expanded lists)")
@@ -103,19 +110,22 @@ def inject(model, bank: KVBank, capsule_ids: Sequence[Sequence[int]], *, layout:
     attention.dispatch.select(attention.OP, backend)  # an explicitly forced backend that cannot run raises now
     plan = build_plan(bank, capsule_ids, layout=layout, layers=layers, capsule_layers=capsule_layers)
     attns = attention_modules(model)
+    decoder = model.get_decoder()
     with _lock:
         if any(getattr(m, "_kvi_state", None) is not None for m in attns):
             raise RuntimeError("inject() is already active on this model; nesting is not supported")
         state = _State(plan, model, backend)
         for m in attns:
             m._kvi_state = state
-    decoder = model.get_decoder()
-    hook = decoder.register_forward_pre_hook(_position_hook(plan), with_kwargs=True)
-    old = set_attn_implementation(model, IMPL)
+    hook, old = None, None
     try:
+        hook = decoder.register_forward_pre_hook(_position_hook(plan), with_kwargs=True)
+        old = set_attn_implementation(model, IMPL)
         yield plan
     finally:
-        hook.remove()
-        set_attn_implementation(model, old)
+        if hook is not None:
+            hook.remove()
+        if old is not None:
+            set_attn_implementation(model, old)
         for m in attns:
             m._kvi_state = None

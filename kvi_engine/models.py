@@ -105,17 +105,18 @@ def bench_model(tokenizer=None, *, seed: int = 0):
 
 def load_model(name: str | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu",
                allow_fallback: bool = True):
-    """Load ``name`` (hub name or local dir; default :data:`DEFAULT_MODEL`). When it cannot be loaded and
-    ``allow_fallback``, return a tiny random Qwen2 model instead and say so on stderr. Returns
-    ``(model, tokenizer, is_fallback)``."""
+    """Load ``name`` (hub name or local dir). With no name, load :data:`DEFAULT_MODEL`; if that cannot be loaded
+    (no network) and ``allow_fallback``, return a tiny random Qwen2 model instead and say so on stderr. A model
+    the user named is never replaced: its load error is raised. Returns ``(model, tokenizer, is_fallback)``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    allow_fallback = allow_fallback and name is None
     name = name or DEFAULT_MODEL
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto", attn_implementation="sdpa")
     except Exception as e:  # noqa: BLE001 -- any load failure (offline, missing dir) leads to the same choice
-        if not allow_fallback or Path(name).exists():
+        if not allow_fallback:
             raise
         banner = "!" * 78
         print(f"{banner}\n!! could not load {name!r}: {type(e).__name__}: {str(e).splitlines()[0][:160]}\n"

@@ -67,12 +67,14 @@ def _timed_interleaved(runs: dict, repeats: int, warmup: int) -> dict[str, list[
 def measure_ttft(model, bank: KVBank, prompt_ids: list[int], capsule_ids: list[int], *, batch: int = 1,
                  repeats: int = 5, warmup: int = 1, methods=METHODS) -> list[TTFTRow]:
     device = next(model.parameters()).device
-    prompt = torch.tensor([prompt_ids] * batch, device=device)
+    prefix = bank.prefix_token_ids
+    body = prompt_ids[len(prefix):] if prompt_ids[:len(prefix)] == prefix else list(prompt_ids)
     knowledge = [t for c in capsule_ids for t in bank.token_ids(c)]
-    rag = torch.tensor([bank.prefix_token_ids + knowledge + prompt_ids] * batch, device=device)
-    kvi_prompt = torch.tensor([prompt_ids[len(bank.prefix_token_ids):]
-                               if prompt_ids[:bank.prefix_len] == bank.prefix_token_ids else prompt_ids] * batch,
-                              device=device)
+    # One shared prefix (BOS) for every method: LLM [p, prompt], RAG [p, knowledge, prompt], KVI [prompt] with p
+    # and the knowledge injected.
+    prompt = torch.tensor([prefix + body] * batch, device=device)
+    rag = torch.tensor([prefix + knowledge + body] * batch, device=device)
+    kvi_prompt = torch.tensor([body] * batch, device=device)
 
     def kvi():
         with inject(model, bank, [capsule_ids] * batch, check=False):

@@ -82,6 +82,7 @@ def test_readers_never_see_a_torn_bank(tmp_path, quant, atol):
         t.join(timeout=60)
     if errors:
         raise errors[0]
+    assert not any(t.is_alive() for t in threads), "a reader or the writer hung"
     print(quant, counts)
     assert counts["writes"] >= 5 and counts["reads"] >= 10, counts
     final = KVBank.open(root, verify=True)

@@ -60,13 +60,18 @@ def test_user_errors_are_one_clear_line(tmp_path, tiny_local_model, capsys):
     assert "empty capsule id list" in capsys.readouterr().err
 
 
-def test_default_model_falls_back_loudly_when_unavailable(capsys, monkeypatch):
+def test_default_model_falls_back_loudly_but_a_named_model_never_does(capsys, monkeypatch, tmp_path):
     from kvi_engine.models import load_model
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    m, tok, fallback = load_model("no-such-org/no-such-model")
+    m, tok, fallback = load_model(None)  # the default model cannot be downloaded here
     assert fallback and m.config.model_type == "qwen2"
     assert "FALLING BACK TO A TINY RANDOM Qwen2 MODEL" in capsys.readouterr().err
-    with pytest.raises(Exception):
-        load_model("no-such-org/no-such-model", allow_fallback=False)
     ids = torch.tensor([tok("hello").input_ids])
     assert m(input_ids=ids).logits.shape[-1] == m.config.vocab_size
+    with pytest.raises(OSError):
+        load_model("no-such-org/no-such-model")
+    assert "FALLING BACK" not in capsys.readouterr().err
+    save_capsules(CAPSULES, tmp_path / "c.jsonl")
+    assert cli.main(["compile", "--capsules", str(tmp_path / "c.jsonl"), "--model", "no-such-org/no-such-model",
+                     "--out", str(tmp_path / "b")]) == 2
+    assert cli.main(["inspect", str(tmp_path / "b")]) == 2  # nothing was written

@@ -15,6 +15,7 @@ def test_measure_ttft_rows_and_results(tmp_path):
     assert [r.method for r in rows] == ["llm", "rag", "kvi"]
     knowledge = sum(len(bank.token_ids(c)) for c in [4, 1, 3])
     assert [r.knowledge_tokens for r in rows] == [0, knowledge, knowledge]
+    assert rows[1].prompt_tokens == len(prompt) and prompt[:1] == bank.prefix_token_ids
     assert rows[0].ratio_to_llm == 1.0 and all(r.ttft_ms >= r.ttft_ms_min > 0 for r in rows)
     write_results(rows, tmp_path / "res" / "ttft", note="test")
     assert (tmp_path / "res" / "ttft.csv").read_text().splitlines()[0].startswith("method,capsules")
