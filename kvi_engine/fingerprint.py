@@ -1,13 +1,14 @@
 """Model fingerprint stored in a bank: injecting KV compiled by another model (or tokenizer) is nonsense.
 
-Config and tokenizer are hashed. Weights are *probed*: a few dozen values of fixed tensors are stored and
-compared with a tolerance, so the same checkpoint loaded in fp32, fp16 or bf16 still matches while two different
-checkpoints of one architecture (or two random inits) do not.
+Config and tokenizer are hashed. Weights are summarised by the RMS of every parameter tensor plus a few sampled
+values, compared with a tolerance: the same checkpoint loaded in fp32, fp16 or bf16 still matches (rounding moves
+an RMS by ~1e-4 relative), while another checkpoint, a fine-tune of any layer or a rescaled tensor does not.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 
 import torch
 
@@ -49,9 +50,26 @@ def weight_probe(model) -> list[float]:
     return out
 
 
+_RMS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+RMS_RTOL = 2e-3
+
+
+@torch.no_grad()
+def weight_rms(model) -> dict[str, float]:
+    """RMS of every parameter, cached per model until a parameter is replaced or modified in place."""
+    params = sorted(model.named_parameters())
+    key = tuple((p.data_ptr(), p._version) for _, p in params)
+    hit = _RMS_CACHE.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    rms = {n: float(p.detach().float().pow(2).mean().sqrt()) for n, p in params}
+    _RMS_CACHE[model] = (key, rms)
+    return rms
+
+
 def fingerprint(model, tokenizer=None) -> dict:
     return {"config": config_hash(model.config), "tokenizer": tokenizer_hash(tokenizer) if tokenizer else None,
-            "weights": weight_probe(model), "model_type": model.config.model_type,
+            "weights": weight_probe(model), "weight_rms": weight_rms(model), "model_type": model.config.model_type,
             "name_or_path": getattr(model.config, "_name_or_path", "")}
 
 
@@ -66,6 +84,14 @@ def check(stored: dict, model, tokenizer=None, *, where: str = "bank") -> None:
     if tokenizer is not None and stored.get("tokenizer") not in (None, cur["tokenizer"]):
         raise FingerprintMismatch(f"{where} was compiled with a different tokenizer")
     a, b = torch.tensor(stored.get("weights", [])), torch.tensor(cur["weights"])
-    if a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=1e-3):
+    differs = a.shape != b.shape or not torch.allclose(a, b, rtol=2e-2, atol=1e-3)
+    if not differs and "weight_rms" in stored:
+        old, new = stored["weight_rms"], cur["weight_rms"]
+        changed = sorted(n for n in set(old) | set(new)
+                         if n not in old or n not in new or abs(old[n] - new[n]) > RMS_RTOL * abs(old[n]) + 1e-12)
+        if changed:
+            differs = True
+            where = f"{where} (e.g. {changed[0]}{f' and {len(changed) - 1} more' if len(changed) > 1 else ''})"
+    if differs:
         raise FingerprintMismatch(f"{where} was compiled by different weights of the same architecture "
                                   f"({stored.get('name_or_path')!r}); recompile the bank for this model")

@@ -127,5 +127,11 @@ def test_fingerprint_survives_save_load_and_dtype_but_not_other_weights(tmp_path
                  AutoTokenizer.from_pretrained(tmp_path / "m"))
     with pytest.raises(fp.FingerprintMismatch, match="different weights"):
         fp.check(stored, model("qwen2", True, seed=5), tok)
+    tuned = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    fp.check(stored, tuned, tok)
+    with torch.no_grad():  # a small fine-tune of one layer's value projection, in place
+        tuned.model.layers[1].self_attn.v_proj.weight.mul_(1.01)
+    with pytest.raises(fp.FingerprintMismatch, match=r"layers\.1\.self_attn\.v_proj"):
+        fp.check(stored, tuned, tok)
     with pytest.raises(fp.FingerprintMismatch, match="different tokenizer"):
         fp.check(stored, m, tokenizer(False))
