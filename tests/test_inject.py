@@ -69,6 +69,21 @@ def test_stacked_capsules_equal_block_diagonal_forward(family, tmp_path):
     assert (plain - got).abs().max() > 1e-3
 
 
+def test_stacked_capsules_with_shared_prefix_stay_within_documented_bound(tmp_path):
+    """Capsules are compiled right after the BOS prefix; stacked, capsule i >= 2 sits further from it than when it
+    was compiled, so with a prefix the stacked layout is close to, not equal to, the block-diagonal reference
+    (README: 'One caveat, measured'). This pins the bound the README states."""
+    m, tok = model("llama", True), tokenizer(True)
+    bank = bank_for(m, tok, tmp_path)
+    prompt, ids = prompt_ids(tok), [3, 0, 4, 1]
+    with inject(m, bank, [ids]), torch.no_grad():
+        got = m(input_ids=torch.tensor([prompt])).logits
+    ref = block_reference(m, bank.prefix_token_ids, [bank.token_ids(c) for c in ids], prompt)
+    err = (got - ref).abs().max().item()
+    assert TOL < err < 2e-3, err  # not exact (so the caveat is real), but within the documented bound
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
 def test_parallel_layout_with_shared_prefix(tmp_path):
     m, tok = model("llama", True), tokenizer(True)
     bank = bank_for(m, tok, tmp_path)
