@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from kvi_engine.atomic import atomic_open
+from kvi_engine.jsonl import read_jsonl
 
 CAPSULE_KINDS = ("triple", "anchor")
 
@@ -75,20 +76,7 @@ _ENTITY_KEYS = {"name", "type", "aliases", "description"}
 
 
 def _read_jsonl(path: str | os.PathLike) -> Iterable[tuple[int, dict]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CapsuleFormatError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise CapsuleFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
+    return read_jsonl(path, CapsuleFormatError)
 
 
 def _build(cls, keys: set[str], path, lineno: int, obj: dict):

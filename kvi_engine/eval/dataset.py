@@ -4,10 +4,11 @@ Unknown fields, empty questions, empty answer lists and duplicate ids are errors
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from kvi_engine.jsonl import read_jsonl
 
 ALLOWED_FIELDS = ("id", "question", "answers", "hops", "support", "lang")
 
@@ -57,26 +58,15 @@ def _item(obj: dict, where: str) -> QAItem:
 
 def load_dataset(path: str | os.PathLike) -> list[QAItem]:
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such dataset file")
     items: list[QAItem] = []
     first_line: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DatasetFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            item = _item(obj, where)
-            if item.id in first_line:
-                raise DatasetFormatError(f"{where}: id {item.id!r} already used on line {first_line[item.id]}")
-            first_line[item.id] = lineno
-            items.append(item)
+    for lineno, obj in read_jsonl(path, DatasetFormatError, "dataset file"):
+        where = f"{path}:{lineno}"
+        item = _item(obj, where)
+        if item.id in first_line:
+            raise DatasetFormatError(f"{where}: id {item.id!r} already used on line {first_line[item.id]}")
+        first_line[item.id] = lineno
+        items.append(item)
     if not items:
         raise DatasetFormatError(f"{path}: dataset is empty")
     return items

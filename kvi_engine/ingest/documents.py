@@ -2,12 +2,12 @@
 object per line), or a directory of them (sorted, recursive). Errors name the file and line."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from kvi_engine.ingest.sentences import Sentence, document_sentences
+from kvi_engine.jsonl import read_jsonl
 
 DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl")
 _JSONL_KEYS = {"id", "text", "title"}
@@ -30,27 +30,17 @@ class Document:
 
 def _jsonl_documents(path: Path) -> list[Document]:
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DocumentFormatError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise DocumentFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            unknown = set(obj) - _JSONL_KEYS
-            if unknown:
-                raise DocumentFormatError(f"{where}: unknown field(s) {sorted(unknown)}; "
-                                          f"allowed: {sorted(_JSONL_KEYS)}")
-            for key in ("id", "text"):
-                if not isinstance(obj.get(key), str) or not obj[key].strip():
-                    raise DocumentFormatError(f"{where}: {key!r} must be a non-empty string")
-            if ":" in obj["id"]:
-                raise DocumentFormatError(f"{where}: document id {obj['id']!r} must not contain ':'")
-            docs.append(Document(obj["id"], obj["text"], obj.get("title", "")))
+    for lineno, obj in read_jsonl(path, DocumentFormatError):
+        where = f"{path}:{lineno}"
+        unknown = set(obj) - _JSONL_KEYS
+        if unknown:
+            raise DocumentFormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {sorted(_JSONL_KEYS)}")
+        for key in ("id", "text"):
+            if not isinstance(obj.get(key), str) or not obj[key].strip():
+                raise DocumentFormatError(f"{where}: {key!r} must be a non-empty string")
+        if ":" in obj["id"]:
+            raise DocumentFormatError(f"{where}: document id {obj['id']!r} must not contain ':'")
+        docs.append(Document(obj["id"], obj["text"], obj.get("title", "")))
     return docs
 
 

@@ -2,27 +2,18 @@
 {"query", "positives", "subset"?}; every error names the file and line."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
+from kvi_engine.jsonl import read_jsonl
+
 
 def _rows(path: str | os.PathLike, required: dict[str, type]):
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
-            for key, typ in required.items():
-                if not isinstance(obj.get(key), typ):
-                    raise ValueError(f"{path}:{lineno}: field {key!r} must be a {typ.__name__}")
-            yield lineno, obj
+    for lineno, obj in read_jsonl(path):
+        for key, typ in required.items():
+            if not isinstance(obj.get(key), typ):
+                raise ValueError(f"{path}:{lineno}: field {key!r} must be a {typ.__name__}")
+        yield lineno, obj
 
 
 def load_corpus(path: str | os.PathLike) -> dict[str, str]:
