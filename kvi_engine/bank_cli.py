@@ -10,15 +10,7 @@ import json
 import sys
 import time
 
-
-def _ids(text: str) -> list[int]:
-    try:
-        ids = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"capsule ids must be comma-separated integers, got {text!r}") from None
-    if not ids:
-        raise argparse.ArgumentTypeError("empty capsule id list")
-    return ids
+from kvi_engine.cli import _parse_ids
 
 
 def cmd_verify(args) -> int:
@@ -115,7 +107,7 @@ def add_subparsers(sub, model_args=None) -> None:
 
     p = sub.add_parser("remove", help="remove capsules by id (tombstones; ids are never reused)")
     p.add_argument("bank")
-    p.add_argument("--ids", type=_ids, required=True, help="comma-separated capsule ids")
+    p.add_argument("--ids", type=_parse_ids, required=True, help="comma-separated capsule ids")
     p.set_defaults(func=cmd_remove)
 
     p = sub.add_parser("add", help="compile capsules (JSONL) into a new segment of an existing bank")
