@@ -12,30 +12,12 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from kvi_engine.graph import KnowledgeGraph
-from kvi_engine.overhead import format_table, machine_info, write_results
-
-
-@dataclass
-class Row:
-    """``value`` from the best wall time; ``per_cpu`` from the best process CPU time (all threads), which the
-    other developers' jobs on a shared machine disturb less."""
-    bench: str
-    impl: str
-    value: float
-    per_cpu: float
-    unit: str
-    detail: str = ""
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+from kvi_engine.overhead import BenchRow as Row
+from kvi_engine.overhead import best_of, format_table, machine_info, rss_mb, write_results
 
 
 def power_law_graph(n: int, t: int, r: int, seed: int = 0):
@@ -46,17 +28,6 @@ def power_law_graph(n: int, t: int, r: int, seed: int = 0):
     obj = perm[rng.choice(n, t, p=w / w.sum())].astype(np.int32)
     rel = rng.integers(0, r, t).astype(np.int32)
     return subj, rel, obj
-
-
-def best_of(fn, repeats: int) -> tuple[float, float]:
-    """(best wall seconds, best CPU seconds)."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return min(wall), min(cpu)
 
 
 def ms(bench, impl, times, detail=""):

@@ -15,40 +15,13 @@ import argparse
 import os
 import random
 import sys
-import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from kvi_engine.linker import EntityLinker
 from kvi_engine.normalize_twin import native_normalizer
-from kvi_engine.overhead import format_table, machine_info, write_results
-
-
-@dataclass
-class Row:
-    """``value`` from the best wall time, ``per_cpu`` from the best process CPU time (all threads)."""
-    bench: str
-    impl: str
-    value: float
-    per_cpu: float
-    unit: str
-    detail: str = ""
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def best_of(fn, repeats: int):
-    wall, cpu, out = [], [], None
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        out = fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return min(wall), min(cpu), out
+from kvi_engine.overhead import BenchRow as Row
+from kvi_engine.overhead import best_of, format_table, machine_info, rss_mb, write_results
 
 
 def vocabulary(r: random.Random, size: int) -> list[str]:

@@ -90,6 +90,35 @@ def measure_ttft(model, bank: KVBank, prompt_ids: list[int], capsule_ids: list[i
     return rows
 
 
+@dataclass(slots=True)
+class BenchRow:
+    """One measurement of a native-core benchmark: ``value`` from the best wall time, ``per_cpu`` from the best
+    process CPU time (all threads), which other jobs on a shared machine disturb less."""
+    bench: str
+    impl: str
+    value: float
+    per_cpu: float
+    unit: str
+    detail: str = ""
+
+
+def best_of(fn, repeats: int) -> tuple[float, float, object]:
+    """(best wall seconds, best process-CPU seconds, the last result) over ``repeats`` calls of ``fn``."""
+    wall, cpu, out = [], [], None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return min(wall), min(cpu), out
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
