@@ -2,6 +2,10 @@
 from kvi_engine import _core  # noqa: F401  (the native core must build; failing loudly here beats failing later)
 
 __version__ = "0.1.0"
+__all__ = ["Capsule", "CapsuleFormatError", "Entity", "load_capsules", "load_entities", "save_capsules",
+           "save_entities", "KVBank", "BankFormatError", "add_capsules", "compile_bank", "recompile_entity",
+           "QuantSpec", "DeviceKVCache", "FingerprintMismatch", "inject", "KVIEngine", "InjectionPlan", "build_plan",
+           "UnsupportedRoPE", "KnowledgeGraph", "EntityLinker"]
 
 from kvi_engine.capsules import Capsule, CapsuleFormatError, Entity, load_capsules, load_entities  # noqa: E402
 from kvi_engine.capsules import save_capsules, save_entities  # noqa: E402

@@ -179,7 +179,7 @@ def remove(root, ids) -> None:
 def _live_tables(snap: Snapshot, live: np.ndarray):
     seg, row = snap.locations
     lengths = np.zeros(len(live), np.int64)
-    token_ids, meta, src = [], [], []
+    token_ids, meta = [], []
     for j, i in enumerate(live):
         s, r = snap.segments[seg[i]], row[i]
         start, n = s.table[r]

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import msgpack
 import numpy as np
 import torch
 from tqdm.auto import tqdm

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
-from kvi_engine.retrieval import DenseIndex, Hit, Retrieval, ScoredCapsule, select_capsules
+from kvi_engine.retrieval import Hit, Retrieval, ScoredCapsule, select_capsules
 
 if TYPE_CHECKING:
     from kvi_engine.pipeline import QueryPipeline

@@ -1,5 +1,4 @@
 """KV bank v1: round trip, batched compile, storage formats, integrity and refusal errors."""
-import numpy as np
 import pytest
 import torch
 from conftest import CAPSULES, ENTITIES, model, tokenizer

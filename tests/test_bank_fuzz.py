@@ -2,7 +2,6 @@
 either reads cleanly or raises BankFormatError naming the file -- never another exception, never a crash."""
 import random
 import shutil
-import struct
 import zlib
 
 import msgpack
