@@ -61,6 +61,20 @@ def _load_bank(CODES, SCALE, ZERO, row, param_row, cols, ok, dmask, FMT: tl.cons
 
 
 @triton.jit
+def _softmax_step(s, v1, v2, m_i, l_i, acc1, acc2, ACT: tl.constexpr, DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """One online-softmax update (FlashAttention) with a key block's scores ``s`` and value halves ``v1``/``v2``;
+    fully masked rows keep m = -inf and contribute nothing."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m_i - m_safe)
+    p = tl.exp(s - m_safe[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc1 = acc1 * alpha[:, None] + tl.dot(p.to(ACT).to(DOT), v1, input_precision=PRECISION)
+    acc2 = acc2 * alpha[:, None] + tl.dot(p.to(ACT).to(DOT), v2, input_precision=PRECISION)
+    return m_new, l_i, acc1, acc2
+
+
+@triton.jit
 def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, K_SCALE, K_ZERO, V_SCALE, V_ZERO, PRE_K, PRE_V,
                         TOKEN, POS, VIS, CROW, INV_FREQ, OUT, LSE,
                         s_qb, s_qh, s_qm, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_om, s_mb, s_mq,
@@ -121,14 +135,7 @@ def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, K_SCALE, K_ZE
               + _load_half(PRE_V, row * D, d, pre, dmask).to(tl.float32)).to(ACT).to(DOT)
         v2 = (_load_bank(BANK_V, V_SCALE, V_ZERO, row, row, d + HALF, bnk, dmask, FMT, D, GROUP_V)
               + _load_half(PRE_V, row * D, d + HALF, pre, dmask).to(tl.float32)).to(ACT).to(DOT)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc1 = acc1 * alpha[:, None] + tl.dot(p.to(ACT).to(DOT), v1, input_precision=PRECISION)
-        acc2 = acc2 * alpha[:, None] + tl.dot(p.to(ACT).to(DOT), v2, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc1, acc2 = _softmax_step(s, v1, v2, m_i, l_i, acc1, acc2, ACT, DOT, PRECISION)
 
     # Own KV: causal (query i sits at kv position kv_len - q_len + i) or the explicit mask.
     shift = kv_len - q_len
@@ -155,14 +162,7 @@ def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, K_SCALE, K_ZE
         s = tl.where(allowed, s * scale, float("-inf"))
         v1 = _load_half(OWN_V, v_off, d, in_range, dmask).to(ACT).to(DOT)
         v2 = _load_half(OWN_V, v_off, d + HALF, in_range, dmask).to(ACT).to(DOT)
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp(m_i - m_safe)
-        p = tl.exp(s - m_safe[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc1 = acc1 * alpha[:, None] + tl.dot(p.to(ACT).to(DOT), v1, input_precision=PRECISION)
-        acc2 = acc2 * alpha[:, None] + tl.dot(p.to(ACT).to(DOT), v2, input_precision=PRECISION)
-        m_i = m_new
+        m_i, l_i, acc1, acc2 = _softmax_step(s, v1, v2, m_i, l_i, acc1, acc2, ACT, DOT, PRECISION)
 
     seen = l_i > 0.0
     inv_l = tl.where(seen, 1.0 / tl.where(seen, l_i, 1.0), 0.0)
