@@ -25,6 +25,30 @@ def tagged_kv(tag: int, n: int, num_layers: int, num_kv_heads: int, head_dim: in
     return k.astype(np.float16).astype(np.float32), (-k).astype(np.float16).astype(np.float32)
 
 
+def tagged_token_ids(tag: int, n: int) -> list[int]:
+    return [(tag * 7 + j) % 1000 + 1 for j in range(n)]
+
+
+def read_tagged(bank, *, layers_of=None, atol: float = 0.0) -> dict[int, int]:
+    """``{id: tag}`` of a bank of tagged capsules, checking every live capsule's tokens, keys and values against
+    its tag (at ``layers_of(id)``, default every layer; within ``atol``, default exactly)."""
+    import torch  # here, not at module level: crash-test children write banks without importing torch
+
+    out = {}
+    for i in bank.live_ids():
+        seg, row = bank.snapshot.locate(i)
+        tag = seg.meta[row]["tag"]
+        start, n = bank.ranges[i].tolist()
+        assert bank.token_ids(i) == tagged_token_ids(tag, n), (i, tag)
+        want_k, want_v = tagged_kv(tag, n, bank.num_layers, bank.shape.num_kv_heads, bank.shape.head_dim)
+        for layer in (layers_of(i) if layers_of else range(bank.num_layers)):
+            k, v = bank.gather_kv(layer, torch.arange(start, start + n))
+            np.testing.assert_allclose(k.float().numpy(), want_k[layer], atol=atol, rtol=0, err_msg=f"{i}, {tag}")
+            np.testing.assert_allclose(v.float().numpy(), want_v[layer], atol=atol, rtol=0, err_msg=f"{i}, {tag}")
+        out[i] = tag
+    return out
+
+
 def tagged_capsules(tags, dims=DIMS, min_len: int = 2, max_len: int = 6):
     """Metadata, token ids and concatenated KV of capsules with ``tags`` (lengths derived from the tag)."""
     meta, token_ids, ks, vs = [], [], [], []
@@ -32,7 +56,7 @@ def tagged_capsules(tags, dims=DIMS, min_len: int = 2, max_len: int = 6):
         n = min_len + tag % (max_len - min_len + 1)
         meta.append({"subject": f"s{tag}", "relation": "r", "object": f"o{tag}", "kind": "triple",
                      "statement": f"s{tag} r o{tag}", "tag": int(tag)})
-        token_ids.append([(tag * 7 + j) % 1000 + 1 for j in range(n)])
+        token_ids.append(tagged_token_ids(tag, n))
         k, v = tagged_kv(tag, n, *dims.values())
         ks.append(k)
         vs.append(v)

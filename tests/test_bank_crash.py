@@ -11,12 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
 
 from kvi_engine import bank_updates
 from kvi_engine.bank import KVBank
-from kvi_engine.bank_synth import DIMS, create_tagged_bank, tagged_kv
+from kvi_engine.bank_synth import create_tagged_bank, read_tagged
 
 KILLS = 52
 PKG = Path(__file__).resolve().parents[1] / "kvi_engine"
@@ -65,20 +63,7 @@ while True:
 
 
 def bank_state(root: Path) -> dict[int, int]:
-    bank = KVBank.open(root, verify=True)
-    out = {}
-    for i in bank.live_ids():
-        seg, row = bank.snapshot.locate(i)
-        tag = seg.meta[row]["tag"]
-        start, n = bank.ranges[i].tolist()
-        assert bank.token_ids(i) == [(tag * 7 + j) % 1000 + 1 for j in range(n)]
-        want_k, want_v = tagged_kv(tag, n, *DIMS.values())
-        for layer in range(bank.num_layers):
-            k, v = bank.gather_kv(layer, torch.arange(start, start + n))
-            assert np.array_equal(k.float().numpy(), want_k[layer]) and np.array_equal(v.float().numpy(),
-                                                                                       want_v[layer]), (i, tag)
-        out[i] = tag
-    return out
+    return read_tagged(KVBank.open(root, verify=True))
 
 
 def test_sigkill_at_random_points_never_tears_the_bank(tmp_path):
