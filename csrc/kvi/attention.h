@@ -217,7 +217,7 @@ inline void round_row(Round r, float* x, int64_t n) {
 }
 
 constexpr int64_t kBlock = 64;       // slots per block: kT is head_dim x kBlock floats
-constexpr int64_t kRowsTarget = 128;  // query rows (group x tile) sharing one pass over the keys
+constexpr int64_t kRowsTarget = 192;  // query rows (group x tile) sharing one pass over the keys
 constexpr int64_t kRowBlock = 4;     // rows per micro-kernel step (row counts are padded to a multiple)
 
 namespace v4 {

@@ -11,7 +11,8 @@ inline vf loadv(const float* p) {
     return v;
 }
 inline void storev(float* p, vf v) { std::memcpy(p, &v, sizeof v); }
-inline vf splat(float x) { return vf{} + x; }
+// x - 0 (not 0 + x): IEEE lets the compiler fold it (-0 - 0 = -0), so this is one broadcast; 0 + x costs an add.
+inline vf splat(float x) { return x - vf{}; }
 inline float hsum(vf v) {
     float s = 0.0f;
     for (int i = 0; i < kW; ++i) s += v[i];
