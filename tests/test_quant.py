@@ -34,21 +34,31 @@ def sample(n, d, seed):
         x[1] = 3.25                         # constant row: zero range
         x[2, ::2] = 1e-30                   # subnormal-scale values
         x[3] = torch.linspace(-1, 1, d)     # exact ties after scaling
+    if n > 10:
+        x[4] = 1000.0 + torch.randn(d, generator=g) * 1e-3   # far from zero: fp16 zero point coarser than the range
+        x[5] = torch.randn(d, generator=g) * 3e4             # |x| >= 32768 somewhere: no clipping search
+        x[6] = torch.randn(d, generator=g)                   # Gaussian rows: the search clips
+        x[7] = torch.randn(d, generator=g)
+        x[7, 0] = 40.0                                       # one outlier
+        x[8, : d // 2] = 0.0                                 # an all-zero group beside a live one
+        x[9] = torch.randn(d, generator=g).abs() + 5.0       # one-signed, offset
     return x
 
 
 def capsule_lengths(n):
-    """Split n rows into capsules of 3, 1, 5, 2, 3, 1, ... tokens."""
-    out, cycle = [], [3, 1, 5, 2]
+    """Split n rows into capsules of 3, 1, 0, 5, 12, 2, ... tokens (an empty one included)."""
+    out, cycle = [], [3, 1, 0, 5, 12, 2]
     while sum(out) < n:
-        out.append(min(cycle[len(out) % 4], n - sum(out)))
+        out.append(min(cycle[len(out) % 6], n - sum(out)))
     return torch.tensor(out)
 
 
-@pytest.mark.parametrize("spec", SPECS)
-@pytest.mark.parametrize("n, d", [(1, 16), (53, 16), (97, 64), (17, 128)])
+@pytest.mark.parametrize("spec", SPECS + ["int4:g2", "int4:g32", "int2:g32"])
+@pytest.mark.parametrize("n, d", [(1, 16), (53, 16), (97, 64), (17, 128), (301, 128)])
 def test_cpp_codec_equals_reference_bit_for_bit(spec, n, d):
     s = QuantSpec.parse(spec)
+    if s.group_size > d:
+        pytest.skip(f"group {s.group_size} > head_dim {d}")
     x = sample(n, d, seed=n * d)
     if s.key_mode == "token":
         codes, scale, zero = quant.encode_rows(x, s)
@@ -78,10 +88,17 @@ def test_cpp_codec_equals_reference_bit_for_bit(spec, n, d):
         amax = x.abs().reshape(n, -1, G).amax(-1).repeat_interleave(G, 1)
     else:
         step = scale[pr].float()
-        amax = torch.stack([x[a:b].abs().amax(0) for a, b in zip(indptr[:-1], indptr[1:])])[pr]
+        amax = torch.stack([x[a:b].abs().amax(0) if b > a else torch.zeros(d)
+                            for a, b in zip(indptr[:-1], indptr[1:])])[pr]
     slack = 2 ** -9 * amax + 448 * 2 ** -24  # fp16 params: relative rounding, and the subnormal step
     if s.scheme == "fp8":
         assert (err <= x.abs() * 2 ** -4 + step * 2 ** -9 + slack).all()
+    elif s.has_zero:  # clipped ranges: half a step inside the decoded range, plus the distance to it outside
+        zero_ = (zero.float().repeat_interleave(d // zero.shape[1], 1) if s.key_mode == "token"
+                 else zero[pr].float())
+        levels = (1 << (4 if s.scheme == "int4" else 2)) - 1
+        outside = torch.maximum(zero_ - x, x - (zero_ + levels * step)).clamp_min(0)
+        assert (err <= step * 0.5 + outside + slack).all()
     else:
         assert (err <= step * 0.5 + slack).all()
 
@@ -221,3 +238,61 @@ def test_requantize_equals_direct_compile(tmp_path, fp32_bank):
     for name in ("k", "v", "k_scale", "k_zero", "v_scale", "v_zero", "token_ids", "capsule_table"):
         assert_same(re.segments[0].c.array(name), direct.segments[0].c.array(name), name)
     assert [re.capsule(i) for i in range(re.num_capsules)] == [direct.capsule(i) for i in range(re.num_capsules)]
+
+
+def min_max_reconstruction(xg, levels):
+    """Plain min/max intN params (the encoder before the clipping search), written out independently."""
+    lo, hi = xg.amin(-1, keepdim=True), xg.amax(-1, keepdim=True)
+    s, z = ((hi - lo) / levels).half().float(), lo.half().float()
+    q = torch.where(s > 0, torch.round((xg - z) / torch.where(s > 0, s, 1.0)).clamp(0, levels), 0.0)
+    return q * s + z
+
+
+@pytest.mark.parametrize("spec, gain", [("int4", 0.05), ("int4:g32", 0.05), ("int2", 0.25), ("int2:g8", 0.15)])
+def test_clipping_search_never_loses_to_min_max(spec, gain):
+    s = QuantSpec.parse(spec)
+    g = torch.Generator().manual_seed(7)
+    x = torch.cat([torch.randn(3000, 128, generator=g),                                      # Gaussian, like KV
+                   torch.randn(500, 128, generator=g) ** 3,                                  # heavy tails
+                   torch.rand(500, 128, generator=g) * 4 - 1,                                # uniform, offset
+                   sample(301, 128, seed=3)])
+    G, levels = s.group_for(128), (1 << (4 if s.scheme == "int4" else 2)) - 1
+    codes, scale, zero = quant.encode_rows(x, s)
+    c2, s2, z2 = _core.quant_encode_rows(x.numpy(), s.scheme, G)  # and the C++ search agrees on every group
+    assert_same(codes.numpy(), c2, "codes")
+    assert_same(scale.numpy(), s2, "scale")
+    assert_same(zero.numpy(), z2, "zero")
+    xg = x.double().reshape(len(x), -1, G)
+    got = quant.decode(codes, scale, zero, s.scheme).double().reshape(xg.shape)
+    base = min_max_reconstruction(x.reshape(xg.shape), levels).double()
+    sse, sse0 = ((got - xg) ** 2).sum(-1), ((base - xg) ** 2).sum(-1)
+    m = xg.abs().amax(-1)
+    assert (sse <= sse0 + G * 2.0 ** -30 * m * m).all()  # the search compares fixed-point sums of 2^-30 m^2 units
+    gauss = slice(0, 3000 * 128 // G)
+    rel, rel0 = (e.reshape(-1)[gauss].sum().sqrt() / (xg.reshape(-1, G)[gauss] ** 2).sum().sqrt() for e in (sse, sse0))
+    assert rel <= (1 - gain) * rel0, (float(rel), float(rel0))
+
+
+def test_clipping_search_on_columns_never_loses_to_min_max():
+    g = torch.Generator().manual_seed(8)
+    lengths = torch.tensor([1, 0, 7, 64, 3, 200, 2])
+    x = torch.randn(int(lengths.sum()), 32, generator=g)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    for spec in ("int4:channel", "int2:channel"):
+        s = QuantSpec.parse(spec)
+        codes, scale, zero = quant.encode_columns(x, s, indptr)
+        c2, s2, z2 = _core.quant_encode_columns(x.numpy(), s.scheme, indptr.numpy())
+        assert_same(codes.numpy(), c2, "codes")
+        assert_same(scale.numpy(), s2, "scale")
+        assert_same(zero.numpy(), z2, "zero")
+        seg = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        got = quant.decode(codes, scale[seg], zero[seg], s.scheme)
+        levels = 15 if s.scheme == "int4" else 3
+        for c, (a, b) in enumerate(zip(indptr[:-1], indptr[1:])):
+            if b == a:
+                continue
+            xc = x[a:b].T.contiguous()
+            sse = ((got[a:b].T.double() - xc.double()) ** 2).sum(-1)
+            sse0 = ((min_max_reconstruction(xc, levels).double() - xc.double()) ** 2).sum(-1)
+            m = xc.abs().amax(-1).double()
+            assert (sse <= sse0 + (b - a) * 2.0 ** -30 * m * m).all(), (spec, c)

@@ -1,6 +1,7 @@
 // KV bank codecs: int8 / int4 / int2 / fp8-e4m3 with fp16 scales (and zero points), per-row groups or per-channel
 // params over row segments (capsules). Bit-exact twin of kvi_engine/quant.py (the format spec lives there): stats in
-// fp32, params rounded to fp16 before the codes are computed from them, round-half-even everywhere.
+// fp32, params rounded to fp16 before the codes are computed from them, round-half-even everywhere; intN ranges
+// clipped by a deterministic MSE search whose error sums are integers (see clip_sse).
 #pragma once
 
 #include <algorithm>
@@ -104,6 +105,59 @@ inline Params make_params(Scheme sc, float lo, float hi, uint16_t* scale, uint16
     return {f16_to_f32(*scale), f16_to_f32(*zero)};
 }
 
+inline uint8_t encode_one(Scheme sc, float x, Params p);
+
+// Fixed-point squared reconstruction error of the n values x[i * stride] under the params of [lo, hi] (intN):
+// sum of rint(u * u * 2^30), u = (q * s + z - x) / m. Integer, so the sum has no order: the PyTorch twin gets the
+// same number whatever its reduction order. The terms are >= 0, so the sum stops once it reaches ``bound`` (the
+// candidate cannot win then) -- the search's result is the same as with full sums.
+inline int64_t clip_sse(Scheme sc, const float* x, int64_t n, int64_t stride, float lo, float hi, float m,
+                        int64_t bound = std::numeric_limits<int64_t>::max()) {
+    uint16_t s16, z16;
+    const Params p = make_params(sc, lo, hi, &s16, &z16);
+    const float levels = static_cast<float>((1 << bits_of(sc)) - 1);
+    // Round-half-even by the add-and-subtract trick (default rounding mode, no -ffast-math): the same results as
+    // nearbyint on these ranges (codes in [0, 15] after the clamp; terms < 2^51), and the loop vectorises.
+    const float f_magic = 8388608.0f;            // 2^23
+    const double d_magic = 6755399441055744.0;   // 1.5 * 2^52
+    int64_t sse = 0;
+    for (int64_t i0 = 0; i0 < n && sse < bound; i0 += 16) {
+        double block = 0.0;  // sums of at most 16 integers < 2^36: exact in double
+        for (int64_t i = i0, e = std::min(n, i0 + 16); i < e; ++i) {
+            const float xi = x[i * stride];
+            float r = p.s > 0 ? (xi - p.z) / p.s : 0.0f;
+            r = std::min(levels, std::max(0.0f, r));
+            const float q = (r + f_magic) - f_magic;
+            const float u = (q * p.s + p.z - xi) / m;
+            block += (static_cast<double>(u * u * 1073741824.0f) + d_magic) - d_magic;
+        }
+        sse += static_cast<int64_t>(block);
+    }
+    return sse;
+}
+
+// MSE-searched clipped range of an intN group (spec: kvi_engine/quant.py): [lo + a*r, hi - b*r] over a grid of
+// (a, b), first a = b, then each end alone; a candidate wins only with a strictly smaller error.
+inline void clip_range(Scheme sc, const float* x, int64_t n, int64_t stride, float& lo, float& hi) {
+    const float m = std::max(std::fabs(lo), std::fabs(hi)), r = hi - lo;
+    if (!(r > 0.0f) || !(m < 32768.0f)) return;
+    float a = 0.0f, b = 0.0f;
+    int64_t best = clip_sse(sc, x, n, stride, lo, hi, m);
+    auto try_ab = [&](float ca, float cb) {
+        const int64_t e = clip_sse(sc, x, n, stride, lo + ca * r, hi - cb * r, m, best);
+        if (e < best) best = e, a = ca, b = cb;
+    };
+    for (int i = 1; i <= 10; ++i) try_ab(static_cast<float>(i) / 32.0f, static_cast<float>(i) / 32.0f);
+    const float a0 = a;
+    for (int j = 0; j <= 8; ++j)
+        if (j != 4) try_ab(a0 + static_cast<float>(j - 4) / 64.0f, b);
+    const float b0 = b;
+    for (int j = 0; j <= 8; ++j)
+        if (j != 4) try_ab(a, b0 + static_cast<float>(j - 4) / 64.0f);
+    const float lo2 = lo + a * r, hi2 = hi - b * r;
+    lo = lo2, hi = hi2;
+}
+
 inline uint8_t encode_one(Scheme sc, float x, Params p) {
     if (sc == Scheme::Int8) {
         float r = p.s > 0 ? std::nearbyint(x / p.s) : 0.0f;
@@ -169,6 +223,7 @@ inline void encode_rows(Scheme sc, const float* x, int64_t n, int64_t d, int64_t
                 const float* xg = xr + gi * g;
                 float lo = xg[0], hi = xg[0];
                 for (int64_t j = 1; j < g; ++j) lo = std::min(lo, xg[j]), hi = std::max(hi, xg[j]);
+                if (has_zero(sc)) clip_range(sc, xg, g, 1, lo, hi);
                 uint16_t zdummy;
                 Params p = make_params(sc, lo, hi, scale + r * ng + gi, zero ? zero + r * ng + gi : &zdummy);
                 for (int64_t j = 0; j < g; ++j) put_code(sc, out, gi * g + j, encode_one(sc, xg[j], p));
@@ -197,6 +252,8 @@ inline void encode_columns(Scheme sc, const float* x, int64_t n, int64_t d, cons
             uint16_t zdummy;
             if (r1 == r0) {
                 lo = std::numeric_limits<float>::infinity(), hi = -lo;  // empty segment: what amin/amax give
+            } else if (has_zero(sc)) {
+                clip_range(sc, x + r0 * d + j, r1 - r0, d, lo, hi);
             }
             Params p = make_params(sc, lo, hi, scale + s * d + j, zero ? zero + s * d + j : &zdummy);
             for (int64_t r = r0; r < r1; ++r) put_code(sc, codes + r * cd, j, encode_one(sc, x[r * d + j], p));
