@@ -1,11 +1,14 @@
 """Accuracy of quantised banks vs fp16 on the four test model families: bytes per token (scales included) as a
-ratio of fp16, relative error of the attention output over the injected capsules, KL and top-1 agreement of the
-next-token distributions at every prompt position (sample capsules and questions, 4 random capsules per question).
+ratio of fp16, relative error of the stored KV and of the attention output over the injected capsules, KL and top-1
+agreement (95% Wilson interval) of the next-token distributions at every prompt position (sample capsules and
+questions; each question asked ``--draws`` times with independent random sets of ``--per-prompt`` capsules), and
+the noise floor: the same metrics for the fp16 bank with Gaussian noise of a given relative RMS on its keys/values.
 
-    python bench/bench_bank_accuracy.py [--prompts 32] [--head-dim 128] [--families llama,qwen2,mistral,qwen3]
+    python bench/bench_bank_accuracy.py [--draws 8] [--noise 0.001,...] [--families llama,qwen2,mistral,qwen3]
 
 Random weights at a trained-like scale (std 0.02). Bytes ratios depend on head_dim (int8: 0.5 + 1/D; int4: 0.25 +
-2/G): head_dim 128 is a 7B model's. Writes bench/results/bank_accuracy_hd<D>.json with machine and git commit.
+2/G): head_dim 128 is a 7B model's. Writes bench/results/bank_accuracy_hd<D>.json (machine, git commit) and a plot
+of top-1 agreement against KV and attention error beside it (.png, if matplotlib is installed).
 """
 import argparse
 import json
@@ -16,11 +19,55 @@ from pathlib import Path
 
 import torch
 
-from kvi_engine.bank_accuracy import DEFAULT_SCHEMES, evaluate, format_table
+from kvi_engine.bank_accuracy import DEFAULT_NOISE, DEFAULT_SCHEMES, evaluate, format_table
 from kvi_engine.capsules import load_capsules
 from kvi_engine.models import tiny_model, tiny_tokenizer
 
 SAMPLE = Path(__file__).resolve().parents[1] / "kvi_engine" / "data" / "sample"
+
+
+def plot(results: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fams = list(dict.fromkeys(r["family"] for r in results))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    for ax, err in zip(axes, ("kv_rel_err", "attn_rel_err")):
+        for i, fam in enumerate(fams):
+            rows = [r for r in results if r["family"] == fam and r[err] > 0]
+            noise = sorted((r for r in rows if r["scheme"].startswith("noise@")), key=lambda r: r[err])
+            color = f"C{i}"
+            if noise:
+                ax.plot([r[err] for r in noise], [100 * r["top1_agreement"] for r in noise], "-", color=color,
+                        alpha=0.6, label=f"{fam}: Gaussian noise")
+            for r in rows:
+                if r["scheme"].startswith("noise@"):
+                    continue
+                lo, hi = r["top1_ci95"]
+                y = 100 * r["top1_agreement"]
+                ax.errorbar(r[err], y, yerr=[[y - 100 * lo], [100 * hi - y]], fmt="o", color=color, ms=4,
+                            capsize=2)
+                if i == 0:
+                    ax.annotate(r["scheme"], (r[err], y), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel({"kv_rel_err": "relative RMS error of the stored K/V",
+                       "attn_rel_err": "relative error of the attention output over the bank"}[err])
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes:
+        ax.axhline(99.5, color="k", ls=":", lw=1)
+        ax.axhline(97, color="k", ls="--", lw=1)
+    for bits, name in ((8.13, "int8 budget"), (4.26, "int4 budget")):
+        axes[0].axvline(2 ** -bits, color="grey", lw=1)
+        axes[0].annotate(f"Gaussian R(D) floor,\n{name} ({bits} bit)", (2 ** -bits, 30), fontsize=7, rotation=90)
+    axes[0].set_ylabel("top-1 agreement with fp16 (%)")
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Quantised banks vs fp16: top-1 agreement against error (points: schemes, 95% Wilson CI; "
+                 "lines: noise floor)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main():
@@ -29,21 +76,27 @@ def main():
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--per-prompt", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=8, help="random capsule sets per question")
     ap.add_argument("--schemes", default=",".join(("bf16",) + DEFAULT_SCHEMES))
+    ap.add_argument("--noise", default=",".join(map(str, DEFAULT_NOISE)),
+                    help="relative RMS of the Gaussian noise-floor rows ('' for none)")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     caps = load_capsules(SAMPLE / "capsules.jsonl")
     prompts = [json.loads(x)["question"] for x in (SAMPLE / "questions.jsonl").read_text().splitlines()]
     prompts = prompts[:args.prompts]
+    noise = [float(x) for x in args.noise.split(",") if x]
     tok = tiny_tokenizer(bos=True)
     results = []
     for fam in args.families.split(","):
         t0 = time.perf_counter()
         m = tiny_model(fam, tok, hidden=256, layers=2, heads=4, kv_heads=2, head_dim=args.head_dim)
-        rows = evaluate(m, tok, caps, prompts, args.schemes.split(","), capsules_per_prompt=args.per_prompt)
-        print(format_table(rows, f"\n{fam}: head_dim {args.head_dim}, {len(prompts)} prompts x {args.per_prompt} "
-                                 f"capsules ({time.perf_counter() - t0:.0f} s)"), flush=True)
+        rows = evaluate(m, tok, caps, prompts, [s for s in args.schemes.split(",") if s],
+                        capsules_per_prompt=args.per_prompt, draws=args.draws, noise=noise)
+        print(format_table(rows, f"\n{fam}: head_dim {args.head_dim}, {len(prompts)} prompts x {args.draws} draws x "
+                                 f"{args.per_prompt} capsules ({time.perf_counter() - t0:.0f} s)"), flush=True)
         results += [dict(r, family=fam, head_dim=args.head_dim) for r in rows]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     out = Path(args.out or Path(__file__).parent / "results" / f"bank_accuracy_hd{args.head_dim}.json")
@@ -51,6 +104,7 @@ def main():
     out.write_text(json.dumps({"machine": platform.platform(), "processor": platform.processor(),
                                "git_commit": commit, "torch": torch.__version__, "args": vars(args),
                                "rows": results}, indent=1))
+    plot(results, out.with_suffix(".png"))
     print(f"wrote {out}")
 
 

@@ -239,8 +239,10 @@ def compact(root) -> dict:
                 "bytes_after": sum(f.stat().st_size for f in snap.files)}
 
 
-def requantize(root, quant: str | dict | QuantSpec) -> dict:
-    """Re-encode every live capsule into ``quant`` (one new segment; dequantised to fp32 on the way)."""
+def requantize(root, quant: str | dict | QuantSpec, *, transform=None) -> dict:
+    """Re-encode every live capsule into ``quant`` (one new segment; dequantised to fp32 on the way).
+    ``transform(layer, k, v) -> (k, v)``, if given, edits the float32 KV ``[T, H, D]`` (live tokens in id order)
+    of each layer before it is encoded (the accuracy bench perturbs banks with it)."""
     spec = QuantSpec.parse(quant)
     with Update(root) as u:
         live = u.snap.live_ids()
@@ -258,6 +260,8 @@ def requantize(root, quant: str | dict | QuantSpec) -> dict:
             v = np.empty_like(k)
             for s, dst, src, _, _ in sources:
                 k[dst], v[dst] = layer_float(u.snap.segments[s], layer, src)
+            if transform is not None:
+                k, v = transform(layer, k, v)
             w.put(layer, rows, k, v)
         new = w.close()
         old = dict(first.c.header["quant"])
