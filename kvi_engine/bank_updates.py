@@ -84,19 +84,24 @@ class Update:
 
     def commit(self, segments: list[Segment], seg: np.ndarray, row: np.ndarray) -> Snapshot:
         """Rename the manifest of the new state into place, then delete files no state refers to."""
-        w = ContainerWriter(self.root / MANIFEST_FILE)
-        try:
-            w.add("capsule_segment", seg.astype(np.int32))
-            w.add("capsule_row", row.astype(np.int32))
-            w.close({"kind": "kvi-manifest", "generation": self.generation, "num_capsules": len(seg),
-                     "updated_unix": time.time(),
-                     "segments": [{"file": s.path.name, "segment_id": s.segment_id, "num_capsules": s.num_capsules,
-                                   "num_tokens": s.num_tokens} for s in segments]})
-        except BaseException:
-            w.abort()
-            raise
+        write_manifest(self.root, self.generation, segments, seg, row)
         collect_garbage(self.root, {s.path.name for s in segments})
         return Snapshot.open(self.root)
+
+
+def write_manifest(root: Path, generation: int, segments: list[Segment], seg: np.ndarray, row: np.ndarray) -> None:
+    """Write, fsync and rename ``MANIFEST.kvb`` naming ``segments`` and mapping capsule ids to (segment, row)."""
+    w = ContainerWriter(root / MANIFEST_FILE)
+    try:
+        w.add("capsule_segment", seg.astype(np.int32))
+        w.add("capsule_row", row.astype(np.int32))
+        w.close({"kind": "kvi-manifest", "generation": generation, "num_capsules": len(seg),
+                 "updated_unix": time.time(),
+                 "segments": [{"file": s.path.name, "segment_id": s.segment_id, "num_capsules": s.num_capsules,
+                               "num_tokens": s.num_tokens} for s in segments]})
+    except BaseException:
+        w.abort()
+        raise
 
 
 def collect_garbage(root: Path, keep: set[str]) -> list[str]:

@@ -21,8 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from kvi_engine import __version__, bank_updates, fingerprint, rope
+from kvi_engine.atomic import fsync_dir
 from kvi_engine.bank import KVBank
-from kvi_engine.bank_segments import MANIFEST_FILE, SegmentWriter
+from kvi_engine.bank_format import BankFormatError
+from kvi_engine.bank_segments import FIRST_SEGMENT, MANIFEST_FILE, SegmentWriter, Snapshot, new_segment_name
 from kvi_engine.capsules import Capsule, Entity
 from kvi_engine.capture import capture_kv
 from kvi_engine.quant_spec import QuantSpec
@@ -144,19 +146,50 @@ def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.Pa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 
-    def make_writer(lengths, token_ids, meta, prefix, pk, pv):
-        header = {"kind": "kvi-bank", "engine_version": __version__, "created_unix": time.time(),
-                  "fingerprint": fingerprint.fingerprint(model, tokenizer), "rope": rope.rope_parameters(model)}
-        return SegmentWriter(out / "bank.kvb", spec, **_model_dims(model), lengths=lengths, token_ids=token_ids,
-                             meta=meta, capsule_ids=np.arange(len(meta)), prefix_token_ids=prefix, prefix_k=pk,
-                             prefix_v=pv, header=header)
+    def writer_to(path: Path):
+        def make_writer(lengths, token_ids, meta, prefix, pk, pv):
+            header = {"kind": "kvi-bank", "engine_version": __version__, "created_unix": time.time(),
+                      "fingerprint": fingerprint.fingerprint(model, tokenizer), "rope": rope.rope_parameters(model)}
+            return SegmentWriter(path, spec, **_model_dims(model), lengths=lengths, token_ids=token_ids, meta=meta,
+                                 capsule_ids=np.arange(len(meta)), prefix_token_ids=prefix, prefix_k=pk,
+                                 prefix_v=pv, header=header)
+        return make_writer
 
     with bank_updates.writer_lock(out):
-        _compile_segment(model, tokenizer, caps, texts, make_writer, batch_size=batch_size, progress=progress)
-        # A fresh compile replaces an updated bank: the manifest of the old one (and its segments) go.
-        (out / MANIFEST_FILE).unlink(missing_ok=True)
-        bank_updates.collect_garbage(out, {"bank.kvb"})
+        if not (out / MANIFEST_FILE).exists():  # empty directory or a single-file bank: one rename replaces it
+            _compile_segment(model, tokenizer, caps, texts, writer_to(out / FIRST_SEGMENT), batch_size=batch_size,
+                             progress=progress)
+            bank_updates.collect_garbage(out, {FIRST_SEGMENT})
+        else:
+            _replace_updated_bank(out, lambda path: _compile_segment(
+                model, tokenizer, caps, texts, writer_to(path), batch_size=batch_size, progress=progress)[0])
     return KVBank.open(out)
+
+
+def _replace_updated_bank(out: Path, compile_to) -> None:
+    """Swap an updated bank (manifest + segments, possibly ``bank.kvb`` among them) for the fresh single segment
+    ``compile_to(path)`` writes, so that a reader opening it at any moment sees the old bank or the new one.
+
+    Renaming the new ``bank.kvb`` into place first would put it behind the old manifest (which may name the old
+    ``bank.kvb``: readers fail) or bring back the pre-update ``bank.kvb`` alone (removed capsules reappear). So the
+    new bank goes in as an update -- a new segment named by a new manifest, one rename -- and only then returns to
+    the plain layout: ``bank.kvb`` becomes a second name (hard link) of that segment, the manifest goes (readers
+    now open ``bank.kvb``: the same file), then the segment's own name."""
+    try:
+        generation = Snapshot.open(out).generation + 1
+    except (BankFormatError, OSError):  # a broken old bank is replaced all the same
+        generation = 1
+    seg = compile_to(out / new_segment_name(generation))
+    bank_updates.write_manifest(out, generation, [seg], np.zeros(seg.num_capsules, np.int64),
+                                np.arange(seg.num_capsules))
+    bank_updates.collect_garbage(out, {seg.path.name})
+    tmp = out / f".seg-link-{seg.path.name}"
+    os.link(seg.path, tmp)
+    os.replace(tmp, out / FIRST_SEGMENT)
+    fsync_dir(out)
+    (out / MANIFEST_FILE).unlink()
+    seg.path.unlink()
+    fsync_dir(out)
 
 
 def _check_bank_model(u: bank_updates.Update, model, tokenizer) -> None:

@@ -121,6 +121,45 @@ def test_recompiling_over_an_updated_bank_starts_fresh(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["LOCK", "bank.kvb"]
 
 
+def test_recompiling_over_an_updated_bank_is_atomic_for_readers(tmp_path, monkeypatch):
+    """A reader opening the bank at any moment of a fresh compile over an updated bank (manifest + segments,
+    bank.kvb among them) sees the old bank or the new one, never an error or a mix."""
+    import os
+    m, tok = model("qwen2", False), tokenizer(False)
+    root = tmp_path / "bank"
+    compile_bank(m, tok, CAPSULES[:2], root, progress=False)
+    add_capsules(root, m, tok, NEW)
+    bank_updates.remove(root, [0])
+
+    def state():
+        b = KVBank.open(root)
+        return [(i, b.capsule(i), b.token_ids(i)) for i in b.live_ids()]
+
+    old = state()
+    seen = []
+
+    def observe(real):
+        def call(*args, **kw):
+            out = real(*args, **kw)
+            if any(str(root) in str(a) for a in args):
+                try:
+                    seen.append(state())
+                except Exception as e:  # noqa: BLE001 -- the failure is what the test reports
+                    seen.append(e)
+            return out
+        return call
+
+    for name in ("replace", "unlink", "link", "rename"):
+        monkeypatch.setattr(os, name, observe(getattr(os, name)))
+    compile_bank(m, tok, CAPSULES[:3], root, progress=False)
+    monkeypatch.undo()
+    new = state()
+    assert len(seen) >= 3 and [i for i, *_ in new] == [0, 1, 2]
+    for s in seen:
+        assert s == old or s == new, s
+    assert seen[-1] == new and sorted(p.name for p in root.iterdir()) == ["LOCK", "bank.kvb"]
+
+
 def test_manifest_and_segment_mismatches_are_named(tmp_path):
     root = create_tagged_bank(tmp_path / "b", [0, 1, 2])
     meta, tids, k, v = tagged_capsules([5])
