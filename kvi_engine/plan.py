@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from kvi_engine import rope
@@ -190,35 +191,36 @@ def build_plan(bank: KVBank, capsule_ids: Sequence[Sequence[int]], *, layout: st
         rows.append([int(c) for c in row])
 
     L, p = bank.num_layers, bank.prefix_len
-    ranges = bank.ranges
+    ranges = bank.ranges.numpy()
     default_layers = _layer_sets(L, layers)
     per_capsule = {int(c): _layer_sets(L, spec) for c, spec in (capsule_layers or {}).items()}
-    lengths = [[int(ranges[c, 1]) for c in row] for row in rows]
-    width = max([sum(ls) for ls in lengths] + [0])
+    lengths = [ranges[row, 1] for row in rows]
+    width = max([int(ls.sum()) for ls in lengths] + [0])
     B = len(rows)
-    token_index = torch.zeros(B, width, dtype=torch.long)
-    positions = torch.zeros(B, width, dtype=torch.long)
-    valid = torch.zeros(B, width, dtype=torch.bool)
+    # Built in numpy, a row at a time (a capsule at a time costs ~4 ms at 128 capsules: TTFT on small models).
+    token_index = np.zeros((B, width), dtype=np.int64)
+    positions = np.zeros((B, width), dtype=np.int64)
+    valid = np.zeros((B, width), dtype=bool)
     masked = any(not all(s) for s in [default_layers, *per_capsule.values()])
-    layer_valid = torch.ones(L, B, width, dtype=torch.bool) if masked else None
+    layer_valid = np.ones((L, B, width), dtype=bool) if masked else None
     indptr, indices, cpos, offsets = [0], [], [], []
     for r, (row, lens) in enumerate(zip(rows, lengths)):
-        slot, pos = 0, p
-        for c, n in zip(row, lens):
-            start = int(ranges[c, 0])
-            token_index[r, slot:slot + n] = torch.arange(start, start + n)
-            positions[r, slot:slot + n] = torch.arange(pos, pos + n)
-            valid[r, slot:slot + n] = True
-            if layer_valid is not None:
-                vis = per_capsule.get(c, default_layers)
-                layer_valid[:, r, slot:slot + n] = torch.tensor(vis).unsqueeze(1)
-            indices.append(c)
-            cpos.append(pos)
-            slot += n
-            if layout == "stacked":
-                pos += n
+        n = int(lens.sum())
+        first = np.cumsum(lens) - lens  # slot of each capsule's first token
+        within = np.arange(n) - np.repeat(first, lens)
+        token_index[r, :n] = np.repeat(ranges[row, 0], lens) + within
+        valid[r, :n] = True
+        starts = p + (first if layout == "stacked" else np.zeros_like(first))
+        positions[r, :n] = np.repeat(starts, lens) + within
+        if layer_valid is not None and row:
+            vis = np.array([per_capsule.get(c, default_layers) for c in row], dtype=bool)  # [capsules, L]
+            layer_valid[:, r, :n] = np.repeat(vis, lens, axis=0).T
+        indices += row
+        cpos += starts.tolist()
         indptr.append(len(indices))
-        offsets.append(pos if layout == "stacked" else p + max(lens, default=0))
+        offsets.append(p + n if layout == "stacked" else p + int(lens.max(initial=0)))
+    token_index, positions, valid = (torch.from_numpy(x) for x in (token_index, positions, valid))
+    layer_valid = None if layer_valid is None else torch.from_numpy(layer_valid)
     return InjectionPlan(bank, rows, layout, torch.tensor(indptr), torch.tensor(indices, dtype=torch.long),
                          torch.tensor(cpos, dtype=torch.long), token_index, positions, valid, layer_valid,
                          torch.tensor(offsets, dtype=torch.long), p)
