@@ -214,21 +214,24 @@ def reference_cache_bytes(plan) -> int:
     return plan.batch_size * plan.num_slots * shape.num_layers * shape.num_kv_heads * shape.head_dim * 2 * 4
 
 
-def _prefer(device: torch.device, plan) -> str | None:
-    # Measured on the CPU (bench/bench_attention.py, bench/bench_ttft.py): while its per-plan float copy of the
-    # injected KV is small, the reference path (gathered once, then MKL GEMMs) beats the fused C++ kernel
-    # (bench model, 128 capsules, fp32 bank: prefill 203 vs 250 ms; decode at batch 1: 0.54-0.77x for the kernel).
-    # The kernel wins as the injected KV grows and needs no copy: prefer the reference only below a memory cap.
-    if plan is None or device.type != "cpu":
+def _prefer(device: torch.device, plan, q_len: int) -> str | None:
+    # Measured on the CPU (bench/bench_attention.py, bench/bench_ttft.py, 1 thread, bench model geometry):
+    # - prefill: the fused C++ kernel beats gather + rotate + SDPA (64-token prompt, 1,700 injected tokens:
+    #   6.8 vs 9.5 ms a layer), so it is the automatic choice whenever there is more than one query token;
+    # - decode: once the plan's gathered float copy exists, SDPA over it is faster than re-reading the bank every
+    #   step (128 capsules, batch 1: 41-53 vs 55-65 ms a token), so decode prefers the cached reference while that
+    #   copy stays under a memory cap; past the cap the kernel, which needs no copy, takes over.
+    if plan is None or device.type != "cpu" or q_len > 1:
         return None
     cap = float(os.environ.get("KVI_REFERENCE_CACHE_MAX_MB", "256")) * 2**20
     return "reference" if reference_cache_bytes(plan) <= cap else None
 
 
-def select(device: torch.device, backend: str | None = None, plan=None) -> tuple[str, object]:
+def select(device: torch.device, backend: str | None = None, plan=None, q_len: int = 1) -> tuple[str, object]:
     """Backend for tensors on ``device``: a forced one must be able to run there; the automatic choice takes the
-    first preferred backend that can (given the plan, the reference while its KV copy stays small on the CPU)."""
-    name, fn = dispatch.select(OP, backend, prefer=_prefer(device, plan))
+    first preferred backend that can (on the CPU, given the plan: the cached reference for decode steps while its
+    KV copy stays small)."""
+    name, fn = dispatch.select(OP, backend, prefer=_prefer(device, plan, q_len))
     if _runs_on(name, device):
         return name, fn
     if dispatch.requested_backend(OP, backend) is not None:
@@ -245,5 +248,5 @@ def select(device: torch.device, backend: str | None = None, plan=None) -> tuple
 
 def prefix_attention(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, *, backend=None,
                      return_lse=False):
-    _, fn = select(query.device, backend, plan)
+    _, fn = select(query.device, backend, plan, query.shape[2])
     return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=return_lse)
