@@ -1,0 +1,55 @@
+"""Bank accuracy report: Wilson intervals, the noise-floor banks, and the rows evaluate() returns."""
+import math
+
+import pytest
+import torch
+from conftest import CAPSULES, model, tokenizer
+
+from kvi_engine.bank_accuracy import evaluate, noise_label, perturbed_bank, wilson
+from kvi_engine.compile import compile_bank
+
+PROMPTS = ["Which disease does SFTSV cause?", "Where is Oslo?", "Who was born in Oslo and when?"]
+
+
+def test_wilson_interval_matches_published_values():
+    # Wilson (1927) score interval, z = 1.96; values as tabulated by Newcombe (1998), Stat. Med. 17:857, table I.
+    assert wilson(0, 10) == pytest.approx((0.0, 0.2775), abs=1e-4)
+    assert wilson(1, 29) == pytest.approx((0.0061, 0.1718), abs=1e-4)
+    assert wilson(81, 263) == pytest.approx((0.2553, 0.3662), abs=1e-4)
+    lo, hi = wilson(285, 285)
+    assert hi == 1.0 and lo == pytest.approx(285 / (285 + 1.96 ** 2), abs=1e-9)
+
+
+def test_perturbed_bank_has_the_requested_error_and_nothing_else_changes(tmp_path):
+    m, tok = model("llama", True), tokenizer(True)
+    ref = compile_bank(m, tok, CAPSULES, tmp_path / "ref", quant="fp16", progress=False)
+    a = perturbed_bank(ref, tmp_path / "a", 0.05, seed=1)
+    b = perturbed_bank(ref, tmp_path / "b", 0.05, seed=1)
+    assert a.spec.scheme == "fp32" and a.num_capsules == ref.num_capsules
+    assert [a.token_ids(i) for i in range(a.num_capsules)] == [ref.token_ids(i) for i in range(ref.num_capsules)]
+    num = den = 0.0
+    for layer in range(ref.num_layers):
+        for x, y, z in zip(a.layer_kv(layer), ref.layer_kv(layer), b.layer_kv(layer)):
+            assert torch.equal(x, z)  # seeded
+            num += float(((x - y.float()) ** 2).sum())
+            den += float((y.float() ** 2).sum())
+    assert math.sqrt(num / den) == pytest.approx(0.05, rel=0.05)
+
+
+def test_evaluate_rows(tmp_path):
+    m, tok = model("qwen3", True), tokenizer(True)
+    rows = evaluate(m, tok, CAPSULES, PROMPTS, ["int8", "int2"], capsules_per_prompt=2, draws=2, noise=[0.01],
+                    work_dir=tmp_path)
+    by = {r["scheme"]: r for r in rows}
+    assert list(by) == ["fp16", "int8", "int2", noise_label(0.01)] and noise_label(0.01) == "noise@1%"
+    n_tokens = sum(len(tok(p, add_special_tokens=False).input_ids) for p in PROMPTS)
+    assert all(r["positions"] == 2 * n_tokens for r in rows)
+    ref = by["fp16"]
+    assert ref["top1_agreement"] == 1.0 and ref["kl"] == 0.0 and ref["attn_rel_err"] == 0.0
+    assert by["int8"]["bytes_ratio"] == pytest.approx(0.5 + 1 / 16)  # head_dim 16
+    assert by["noise@1%"]["kv_rel_err"] == pytest.approx(0.01, rel=0.1)
+    assert 0 < by["int8"]["kv_rel_err"] < 0.01 < 0.2 < by["int2"]["kv_rel_err"]
+    assert by["int8"]["attn_rel_err"] < by["int2"]["attn_rel_err"] and by["int8"]["kl"] < by["int2"]["kl"]
+    for r in rows:
+        lo, hi = r["top1_ci95"]
+        assert lo <= r["top1_agreement"] <= hi and (lo, hi) == wilson(r["agree"], r["positions"])
