@@ -50,9 +50,49 @@ def test_duplicate_ids_and_bad_paths(tmp_path):
         load_documents(tmp_path)
     with pytest.raises(FileNotFoundError):
         load_documents(tmp_path / "missing")
-    (tmp_path / "y.pdf").write_text("")
+    (tmp_path / "y.docx").write_text("")
     with pytest.raises(DocumentFormatError, match="unsupported document type"):
-        load_documents(tmp_path / "y.pdf")
+        load_documents(tmp_path / "y.docx")
+
+
+def minimal_pdf(pages: list[str], title: str = "") -> bytes:
+    """A valid PDF (Helvetica text, one line a page) written by hand, so tests need no PDF writer."""
+    objects = ["<< /Type /Catalog /Pages 2 0 R >>",
+               "<< /Type /Pages /Kids [%s] /Count %d >>" % (" ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages))),
+                                                            len(pages)),
+               "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for i, text in enumerate(pages):
+        stream = f"BT /F1 12 Tf 72 712 Td ({text}) Tj ET"
+        objects.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+                       f"/Contents {5 + 2 * i} 0 R >>")
+        objects.append(f"<< /Length {len(stream)} >>\nstream\n{stream}\nendstream")
+    objects.append(f"<< /Title ({title}) >>")
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for n, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += f"{n} 0 obj\n{body}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += (f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R /Info {len(objects)} 0 R >>\n"
+            f"startxref\n{xref}\n%%EOF\n").encode()
+    return bytes(out)
+
+
+def test_pdf_documents_page_text_title_and_errors(tmp_path):
+    pytest.importorskip("pypdf")
+    (tmp_path / "report.pdf").write_bytes(minimal_pdf(["Velotrex treats Grellan fever.", "It was approved in 2019."],
+                                                      title="Annual report"))
+    (doc,) = load_documents(tmp_path / "report.pdf")
+    assert (doc.id, doc.title) == ("report", "Annual report")
+    assert [s.text for s in doc.sentences()] == ["Velotrex treats Grellan fever.", "It was approved in 2019."]
+    assert [d.id for d in load_documents(tmp_path)] == ["report"]  # directories pick PDFs up too
+    (tmp_path / "scan.pdf").write_bytes(minimal_pdf([""]))
+    with pytest.raises(DocumentFormatError, match=r"scan.pdf: no extractable text in 1 page\(s\)"):
+        load_documents(tmp_path / "scan.pdf")
+    (tmp_path / "broken.pdf").write_bytes(minimal_pdf(["x"])[:40])
+    with pytest.raises(DocumentFormatError, match="broken.pdf: not a readable PDF"):
+        load_documents(tmp_path / "broken.pdf")
 
 
 def test_sentence_store_round_trip_and_corruption(tmp_path):

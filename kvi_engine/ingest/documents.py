@@ -1,5 +1,7 @@
-"""Document loading: .txt / .md files (one document each, id = file stem) and .jsonl (one ``{id, text, title?}``
-object per line), or a directory of them (sorted, recursive). Errors name the file and line."""
+"""Document loading: .txt / .md / .pdf files (one document each, id = file stem) and .jsonl (one ``{id, text,
+title?}`` object per line), or a directory of them (sorted, recursive). Errors name the file and line (or page).
+PDF text comes from the optional, pure-Python ``pypdf`` (``pip install 'kvi-engine[pdf]'``); pages are joined by
+blank lines, so a sentence never spans two pages."""
 from __future__ import annotations
 
 import os
@@ -9,7 +11,7 @@ from pathlib import Path
 from kvi_engine.ingest.sentences import Sentence, document_sentences
 from kvi_engine.jsonl import read_jsonl
 
-DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl")
+DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl", ".pdf")
 _JSONL_KEYS = {"id", "text", "title"}
 
 
@@ -44,9 +46,39 @@ def _jsonl_documents(path: Path) -> list[Document]:
     return docs
 
 
+def _pdf_document(path: Path) -> Document:
+    try:
+        from pypdf import PdfReader
+        from pypdf.errors import PdfReadError
+    except ImportError:
+        raise DocumentFormatError(f"{path}: reading PDF needs pypdf: pip install 'kvi-engine[pdf]'") from None
+    try:
+        reader = PdfReader(path)
+        if reader.is_encrypted:
+            raise DocumentFormatError(f"{path}: encrypted PDF; decrypt it first")
+        pages = []
+        for number, page in enumerate(reader.pages, 1):
+            try:
+                pages.append((page.extract_text() or "").strip())
+            except Exception as e:  # noqa: BLE001 -- pypdf raises many types on malformed content streams
+                raise DocumentFormatError(f"{path}: page {number}: cannot extract text: {e}") from None
+    except (PdfReadError, OSError, ValueError) as e:
+        if isinstance(e, DocumentFormatError):
+            raise
+        raise DocumentFormatError(f"{path}: not a readable PDF: {e}") from None
+    text = "\n\n".join(p for p in pages if p)
+    if not text:
+        raise DocumentFormatError(f"{path}: no extractable text in {len(pages)} page(s) (a scanned PDF needs OCR)")
+    doc_id = path.stem.replace(":", "_")
+    title = str((reader.metadata or {}).get("/Title") or doc_id)
+    return Document(doc_id, text, title)
+
+
 def _file_documents(path: Path) -> list[Document]:
     if path.suffix == ".jsonl":
         return _jsonl_documents(path)
+    if path.suffix == ".pdf":
+        return [_pdf_document(path)]
     if path.suffix in (".txt", ".md"):
         text = path.read_text(encoding="utf-8")
         if not text.strip():
