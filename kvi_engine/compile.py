@@ -184,7 +184,10 @@ def _replace_updated_bank(out: Path, compile_to) -> None:
                                 np.arange(seg.num_capsules))
     bank_updates.collect_garbage(out, {seg.path.name})
     tmp = out / f".seg-link-{seg.path.name}"
-    os.link(seg.path, tmp)
+    try:
+        os.link(seg.path, tmp)
+    except OSError:  # no hard links on this filesystem: the bank stays valid in the updated layout (one segment)
+        return
     os.replace(tmp, out / FIRST_SEGMENT)
     fsync_dir(out)
     (out / MANIFEST_FILE).unlink()
