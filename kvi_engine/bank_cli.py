@@ -80,8 +80,11 @@ def cmd_accuracy(args) -> int:
     with open(args.questions) as f:
         prompts = [json.loads(line)["question"] for line in f if line.strip()][:args.prompts]
     model, tok = _model(args)
-    rows = evaluate(model, tok, caps, prompts, args.schemes.split(","), capsules_per_prompt=args.per_prompt)
-    print(format_table(rows, f"{len(prompts)} prompts x {args.per_prompt} capsules, reference fp16"))
+    noise = [float(x) for x in args.noise.split(",")] if args.noise else []
+    rows = evaluate(model, tok, caps, prompts, args.schemes.split(","), capsules_per_prompt=args.per_prompt,
+                    draws=args.draws, noise=noise)
+    print(format_table(rows, f"{len(prompts)} prompts x {args.draws} draws x {args.per_prompt} capsules, "
+                             "reference fp16"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -130,6 +133,9 @@ def add_subparsers(sub, model_args=None) -> None:
     p.add_argument("--schemes", default="int8,int8:channel,fp8,int4,int4:channel,int4:g32,int2")
     p.add_argument("--prompts", type=int, default=32)
     p.add_argument("--per-prompt", type=int, default=4, help="capsules injected per prompt")
+    p.add_argument("--draws", type=int, default=1, help="random capsule sets per prompt")
+    p.add_argument("--noise", default="", help="comma-separated relative K/V errors of Gaussian noise-floor rows, "
+                                                "e.g. 0.005,0.01,0.045")
     p.add_argument("--json", help="also write the rows as JSON here")
     model_args(p)
     p.set_defaults(func=cmd_accuracy)

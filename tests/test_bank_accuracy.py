@@ -53,3 +53,19 @@ def test_evaluate_rows(tmp_path):
     for r in rows:
         lo, hi = r["top1_ci95"]
         assert lo <= r["top1_agreement"] <= hi and (lo, hi) == wilson(r["agree"], r["positions"])
+
+
+def test_kvi_accuracy_command_passes_draws_and_noise(tmp_path, capsys):
+    import json
+
+    from kvi_engine import bank_cli
+    from kvi_engine.ingest import sample_dir
+
+    out = tmp_path / "rows.json"
+    assert bank_cli.main(["accuracy", "--capsules", str(sample_dir() / "capsules.jsonl"), "--questions",
+                          str(sample_dir() / "questions.jsonl"), "--prompts", "2", "--per-prompt", "2", "--draws", "2",
+                          "--noise", "0.01", "--schemes", "int8", "--json", str(out)]) == 0
+    assert "2 prompts x 2 draws x 2 capsules" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [r["scheme"] for r in rows] == ["fp16", "int8", "noise@1%"]
+    assert len({r["positions"] for r in rows}) == 1
