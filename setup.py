@@ -7,6 +7,7 @@ before Python (libstdc++ too, or ASan aborts on the first C++ exception):
         python -m pytest -q --noconftest tests/test_graph.py tests/test_traverse.py tests/test_linker.py
 """
 import os
+import sys
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
@@ -17,6 +18,9 @@ link_args = []
 if os.environ.get("KVI_SANITIZE"):
     sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     compile_args, link_args = sanitize, sanitize
+# OpenMP workers share PyTorch's libgomp (csrc/kvi/parallel.h says why); KVI_NO_OPENMP=1 builds std::threads instead.
+if sys.platform.startswith("linux") and not os.environ.get("KVI_NO_OPENMP"):
+    compile_args, link_args = compile_args + ["-fopenmp"], link_args + ["-fopenmp"]
 
 ext = Pybind11Extension(
     "kvi_engine._core",

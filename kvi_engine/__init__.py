@@ -1,5 +1,7 @@
 """kvi-engine: exact, batched knowledge injection into Hugging Face language models at the level of attention."""
-from kvi_engine import _core  # noqa: F401  (the native core must build; failing loudly here beats failing later)
+import torch  # noqa: F401  (first: _core then shares PyTorch's OpenMP runtime, see csrc/kvi/parallel.h)
+
+from kvi_engine import _core  # noqa: F401,E402  (the native core must build; failing loudly here beats failing later)
 
 __version__ = "0.1.0"
 __all__ = ["Capsule", "CapsuleFormatError", "Entity", "load_capsules", "load_entities", "save_capsules",

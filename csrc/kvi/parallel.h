@@ -1,5 +1,10 @@
 // Threads over independent items (queries, texts). Each worker owns a workspace index so per-thread
-// buffers are reused; items are handed out by an atomic counter so uneven items balance.
+// buffers are reused; items are handed out one at a time (dynamically) so uneven items balance.
+//
+// Built with OpenMP (Linux), the workers are an OpenMP team. The extension then shares PyTorch's libgomp (loaded
+// first: kvi_engine imports torch before _core), so between PyTorch ops and ours the same threads run. Private
+// std::threads would compete with libgomp workers still spin-waiting after the previous PyTorch op: measured inside a
+// forward pass on 2 cores, the attention kernel ran at 7.0 ms a layer instead of 3.9.
 #pragma once
 
 #include <algorithm>
@@ -8,6 +13,10 @@
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace kvi {
 
@@ -23,6 +32,26 @@ void parallel_for(int64_t items, int workers, Fn&& fn) {
         for (int64_t i = 0; i < items; ++i) fn(0, i);
         return;
     }
+#ifdef _OPENMP
+    std::exception_ptr error;
+    std::atomic<bool> failed{false};
+#pragma omp parallel num_threads(workers)
+    {
+        const int w = omp_get_thread_num();
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t i = 0; i < items; ++i) {
+            if (failed.load(std::memory_order_relaxed)) continue;  // no exception may leave the region
+            try {
+                fn(w, i);
+            } catch (...) {
+#pragma omp critical(kvi_parallel_error)
+                if (!error) error = std::current_exception();
+                failed.store(true);
+            }
+        }
+    }
+    if (error) std::rethrow_exception(error);
+#else
     std::atomic<int64_t> next{0};
     std::exception_ptr error;
     std::mutex error_mutex;
@@ -40,6 +69,7 @@ void parallel_for(int64_t items, int workers, Fn&& fn) {
     body(0);
     for (auto& t : pool) t.join();
     if (error) std::rethrow_exception(error);
+#endif
 }
 
 }  // namespace kvi
