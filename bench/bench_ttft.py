@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     print(f"model: {type(model).__name__} {n_params / 1e6:.0f}M params, fp32, {torch.get_num_threads()} threads; "
           f"prompt {len(prompt)} tokens; capsules ~{cap_tokens:.1f} tokens")
     print(format_table(rows, ["method", "capsules", "batch", "knowledge_tokens", "ttft_ms", "ttft_ms_min",
-                              "ratio_to_llm"]))
+                              "ratio_to_llm", "ratio_paired"]))
     write_results(rows, args.out, params=n_params, prompt_tokens=len(prompt), capsule_tokens=cap_tokens)
     print(f"wrote {args.out}.json / .csv ({machine_info()['commit']})")
     return 0

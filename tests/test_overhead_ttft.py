@@ -17,6 +17,7 @@ def test_measure_ttft_rows_and_results(tmp_path):
     assert [r.knowledge_tokens for r in rows] == [0, knowledge, knowledge]
     assert rows[1].prompt_tokens == len(prompt) and prompt[:1] == bank.prefix_token_ids
     assert rows[0].ratio_to_llm == 1.0 and all(r.ttft_ms >= r.ttft_ms_min > 0 for r in rows)
+    assert rows[0].ratio_paired == 1.0 and all(r.ratio_paired > 0 for r in rows)
     write_results(rows, tmp_path / "res" / "ttft", note="test")
     assert (tmp_path / "res" / "ttft.csv").read_text().splitlines()[0].startswith("method,capsules")
     assert "ratio_to_llm" in format_table(rows, ["method", "ratio_to_llm"])
