@@ -62,7 +62,9 @@ def _kvi_attention(module, query, key, value, attention_mask, scaling=None, drop
 
 
 def _kvi_mask(*args, **kwargs):
-    kwargs["allow_is_causal_skip"] = False  # the op needs the explicit own-KV mask (padding, causality)
+    # HF returns None (SDPA's is_causal) only for an unpadded batch with q_len == kv_len or q_len == 1, where that
+    # equals the op's own-KV default (query i sees own keys up to kv_len - q_len + i); the kernels then skip the
+    # masked half of the own-KV blocks instead of reading a mask.
     return sdpa_mask(*args, **kwargs)
 
 
