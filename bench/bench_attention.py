@@ -7,8 +7,10 @@
     python bench/bench_attention.py --compile-only 90     # compile the Triton kernel for sm_90 without a GPU
 
 One attention layer is timed, as one layer of a forward pass runs it:
-- ``reference``      the unfused path at a layer's first use: gather the plan's tokens from the bank, dequantise,
-                     rotate, concatenate with the row's own KV, SDPA (what every prefill pays per layer);
+- ``reference``      the unfused path at a layer's first use, in PyTorch: gather the plan's tokens from the bank,
+                     dequantise, rotate, concatenate with the row's own KV, SDPA (what every prefill pays per layer);
+- ``gather_sdpa``    (CPU) the same with the gather, dequantisation and rotation done by one C++ pass (op
+                     ``slot_gather``; what the engine's unfused path does at a decode step's first use);
 - ``reference_warm`` the same with the gathered KV already cached by the plan (later decode steps; the cache holds a
                      dequantised copy of every injected token of every layer for the plan's life);
 - ``cpp`` / ``triton`` the fused kernel reading the bank in its storage format (plan tables built once per batch).
@@ -21,6 +23,7 @@ Writes bench/results/attention_<device>.{csv,json} with device and commit in eve
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
@@ -165,10 +168,14 @@ def main(argv=None) -> int:
                         v = torch.randn(batch, Hkv, KV, D, generator=g, device=dev).to(dtype)
                         mask = attention.causal_mask(Q, KV, batch, dev)
 
-                        def cold():
+                        def cold(gather="reference"):
                             for key in [key for key in plan._cache if isinstance(key[0], int)]:
                                 del plan._cache[key]  # the per-layer gathered KV; plan-wide tables stay
-                            attention.prefix_attention(q, k, v, mask, plan, 0, model, backend="reference")
+                            os.environ["KVI_BACKEND_SLOT_GATHER"] = gather
+                            try:
+                                attention.prefix_attention(q, k, v, mask, plan, 0, model, backend="reference")
+                            finally:
+                                del os.environ["KVI_BACKEND_SLOT_GATHER"]
                             sync()
 
                         def warm():
@@ -180,6 +187,8 @@ def main(argv=None) -> int:
                             sync()
 
                         runs = {"reference": cold, "reference_warm": warm, fused: kernel}
+                        if dev == "cpu":  # the engine's own unfused path: the C++ slot gather, then SDPA
+                            runs["gather_sdpa"] = lambda: cold("cpp")
                         best = timed(runs, args.repeats, time.process_time if args.clock == "cpu" else time.perf_counter)
                         moved = (batch * (injected * bytes_per_token + 2 * Hkv * KV * D * k.element_size())
                                  + 2 * q.numel() * q.element_size() + mask.numel())
@@ -193,10 +202,11 @@ def main(argv=None) -> int:
                                              hbm_fraction=round(gbps / hbm, 3) if hbm else "",
                                              speedup_vs_reference=round(best["reference"] / t, 2),
                                              speedup_vs_warm=round(best["reference_warm"] / t, 2)))
-                        r = rows[-1]
+                        r = next(x for x in rows[-len(runs):] if x["backend"] == fused)
                         print(f"{scheme:5} B={batch:3} inj={r['injected_tokens']:5} {mode:7} "
                               + "  ".join(f"{n}={best[n] * 1e3:9.2f}ms" for n in runs)
-                              + f"  x{r['speedup_vs_reference']:.2f} vs reference, x{r['speedup_vs_warm']:.2f} vs warm"
+                              + f"  {fused} x{r['speedup_vs_reference']:.2f} vs reference, "
+                                f"x{r['speedup_vs_warm']:.2f} vs warm"
                               + f"  {r['gbps']:.1f} GB/s", flush=True)
     write_results(rows, args.out or f"bench/results/attention_{dev}", hbm_gbps=hbm, geometry=geometry,
                   threads=torch.get_num_threads())

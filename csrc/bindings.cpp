@@ -438,6 +438,45 @@ static void bind_attention(py::module_& m) {
         "K/V are read from bank_k/bank_v [tokens, kv_heads, code_dim] (+ fp16 k/v scale and zero [rows, kv_heads, "
         "D/group]; per-capsule key params are indexed by capsule_row [B, slots]) and prefix_k/prefix_v, dequantised "
         "and rotated by cos/sin [B, slots, D/2]; own_mask [B, Q, KV] uint8 or None for causal.");
+    m.def(
+        "prefix_gather",
+        [](py::array bank_k, py::array bank_v, const std::string& bank_format, py::array prefix_k, py::array prefix_v,
+           const std::string& prefix_format, py::array token, py::array visible, py::array cos, py::array sin,
+           py::array out_k, py::array out_v, std::optional<py::array> k_scale, std::optional<py::array> k_zero,
+           std::optional<py::array> v_scale, std::optional<py::array> v_zero, int64_t group_size,
+           bool key_per_capsule, std::optional<py::array> capsule_row, int64_t num_threads) {
+            if (out_k.ndim() != 4) throw std::invalid_argument("out_k must be 4-D [batch, kv_heads, slots, head_dim]");
+            if (!out_k.writeable() || !out_v.writeable()) throw std::invalid_argument("out_k and out_v must be writeable");
+            kvi::attn::Problem p;
+            p.batch = out_k.shape(0), p.kv_heads = p.q_heads = out_k.shape(1), p.num_slots = out_k.shape(2);
+            p.head_dim = out_k.shape(3);
+            const int64_t B = p.batch, H = p.kv_heads, S = p.num_slots, D = p.head_dim;
+            auto* ok = const_cast<float*>(nd_data<float>(out_k, "out_k", {B, H, S, D}));
+            auto* ov = const_cast<float*>(nd_data<float>(out_v, "out_v", {B, H, S, D}));
+            p.bank_k = bank_source(bank_k, bank_format, "bank_k", H, D, k_scale, k_zero, group_size, key_per_capsule);
+            p.bank_v = bank_source(bank_v, bank_format, "bank_v", H, D, v_scale, v_zero, group_size);
+            p.prefix_k = bank_source(prefix_k, prefix_format, "prefix_k", H, D);
+            p.prefix_v = bank_source(prefix_v, prefix_format, "prefix_v", H, D);
+            p.prefix_len = p.prefix_k.tokens;
+            p.token = nd_data<int32_t>(token, "token", {B, S});
+            p.visible = nd_data<uint8_t>(visible, "visible", {B, S});
+            if (capsule_row) p.capsule_row = nd_data<int32_t>(*capsule_row, "capsule_row", {B, S});
+            p.cos = nd_data<float>(cos, "cos", {B, S, D / 2});
+            p.sin = nd_data<float>(sin, "sin", {B, S, D / 2});
+            py::gil_scoped_release nogil;
+            kvi::attn::gather_slots(p, static_cast<int>(num_threads), ok, ov);
+        },
+        py::arg("bank_k").noconvert(), py::arg("bank_v").noconvert(), py::arg("bank_format"),
+        py::arg("prefix_k").noconvert(), py::arg("prefix_v").noconvert(), py::arg("prefix_format"),
+        py::arg("token").noconvert(), py::arg("visible").noconvert(), py::arg("cos").noconvert(),
+        py::arg("sin").noconvert(), py::arg("out_k").noconvert(), py::arg("out_v").noconvert(),
+        py::arg("k_scale").noconvert() = py::none(), py::arg("k_zero").noconvert() = py::none(),
+        py::arg("v_scale").noconvert() = py::none(), py::arg("v_zero").noconvert() = py::none(),
+        py::arg("group_size") = 0, py::arg("key_per_capsule") = false, py::arg("capsule_row").noconvert() = py::none(),
+        py::arg("num_threads") = 0,
+        "The unfused path's gather, fused (GIL released): writes every visible slot's key, dequantised and rotated by "
+        "cos/sin [B, slots, D/2], and value into out_k/out_v [B, kv_heads, slots, D] float32; bank and table "
+        "arguments as prefix_attention's.");
 }
 
 // ----------------------------------------------------------------------------------------------- quant

@@ -83,3 +83,13 @@ def prefix_attention(query: npt.NDArray[np.float32], own_k: npt.NDArray[np.float
     uint16, int8, int4, int2, fp8) with fp16 params [rows, Hkv, D / group_size] (per-capsule keys: [capsules, Hkv, D]
     indexed by capsule_row); token/visible/capsule_row [B, slots], cos/sin [B, slots, D / 2]; round: 0 none, 1 fp16,
     2 bf16 (injected K/V rounded like the reference); vector_width 0 auto, 4 or 8 (AVX2+FMA)."""
+
+def prefix_gather(bank_k: np.ndarray, bank_v: np.ndarray, bank_format: str, prefix_k: np.ndarray, prefix_v: np.ndarray,
+                  prefix_format: str, token: npt.NDArray[np.int32], visible: npt.NDArray[np.uint8],
+                  cos: npt.NDArray[np.float32], sin: npt.NDArray[np.float32], out_k: npt.NDArray[np.float32],
+                  out_v: npt.NDArray[np.float32], k_scale: np.ndarray | None = None, k_zero: np.ndarray | None = None,
+                  v_scale: np.ndarray | None = None, v_zero: np.ndarray | None = None, group_size: int = 0,
+                  key_per_capsule: bool = False, capsule_row: npt.NDArray[np.int32] | None = None,
+                  num_threads: int = 0) -> None:
+    """Writes every visible slot's key (dequantised, rotated) and value into out_k/out_v [B, Hkv, slots, D] float32
+    in place; other slots are left as they are. Bank and table arguments as prefix_attention's."""

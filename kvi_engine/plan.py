@@ -19,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from kvi_engine import rope
+from kvi_engine import dispatch, rope
 from kvi_engine.bank import KVBank
 
 LAYOUTS = ("stacked", "parallel")
@@ -61,22 +61,19 @@ class InjectionPlan:
     def layer_kv(self, layer: int, model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Injected keys (rotated to their slots) and values ``[batch, kv_heads, prefix + slots, head_dim]`` and the
         visibility mask ``[batch, prefix + slots]`` at ``layer``: gathered from the bank once and kept for the
-        plan's life, so decode steps reuse them (the unfused reference path)."""
+        plan's life, so decode steps reuse them (the unfused reference path). Op ``slot_gather``: one fused C++ pass
+        for float32 on the CPU, else PyTorch (the twin it equals bit for bit on visible slots)."""
         key = (layer, dtype, str(device))
         hit = self._cache.get(key)
         if hit is not None:
             return hit
-        B = self.token_index.shape[0]
-        # Only the plan's tokens are read (and dequantised, for quantised banks): [B, S, kv_heads, head_dim].
-        k, v = self.bank.gather_kv(layer, self.token_index)
-        if self.prefix_len:
-            pk, pv = self.bank.prefix_kv(layer)
-            k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=1)
-            v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=1)
-        k = k.to(device=device, dtype=dtype).transpose(1, 2)
-        v = v.to(device=device, dtype=dtype).transpose(1, 2).contiguous()
-        cos, sin = self._cos_sin(model, dtype, device)
-        k = rope.apply_rope(k, cos, sin).contiguous()
+        name, gather = dispatch.select(SLOT_GATHER)
+        if name == "cpp" and not (dtype == torch.float32 and torch.device(device).type == "cpu"):
+            if dispatch.requested_backend(SLOT_GATHER) == "cpp":
+                raise dispatch.BackendUnavailable(f"the C++ slot gather writes float32 on the CPU, not {dtype} on "
+                                                  f"{device}")
+            gather = _gather_reference
+        k, v = gather(self, layer, model, dtype, device)
         out = (k, v, self.slot_valid(layer).to(device))
         self._cache[key] = out
         return out
@@ -224,3 +221,48 @@ def build_plan(bank: KVBank, capsule_ids: Sequence[Sequence[int]], *, layout: st
     return InjectionPlan(bank, rows, layout, torch.tensor(indptr), torch.tensor(indices, dtype=torch.long),
                          torch.tensor(cpos, dtype=torch.long), token_index, positions, valid, layer_valid,
                          torch.tensor(offsets, dtype=torch.long), p)
+
+
+# -- the gather of the unfused path (op "slot_gather"): PyTorch twin and fused C++ ---------------------------------
+SLOT_GATHER = "slot_gather"
+
+
+def _gather_reference(plan: InjectionPlan, layer: int, model, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    B = plan.token_index.shape[0]
+    # Only the plan's tokens are read (and dequantised, for quantised banks): [B, S, kv_heads, head_dim].
+    k, v = plan.bank.gather_kv(layer, plan.token_index)
+    if plan.prefix_len:
+        pk, pv = plan.bank.prefix_kv(layer)
+        k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=1)
+        v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=1)
+    k = k.to(device=device, dtype=dtype).transpose(1, 2)
+    v = v.to(device=device, dtype=dtype).transpose(1, 2).contiguous()
+    cos, sin = plan._cos_sin(model, dtype, device)
+    return rope.apply_rope(k, cos, sin).contiguous(), v
+
+
+def _gather_cpp(plan: InjectionPlan, layer: int, model, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One C++ pass over the plan's tokens (float32, CPU), bit-identical to :func:`_gather_reference` on visible
+    slots; slots masked at ``layer`` hold zeros (attention never reads them)."""
+    from kvi_engine import _core
+    from kvi_engine.attention import _cpp_bank_args
+
+    shape = plan.bank.shape
+    k = torch.zeros(plan.batch_size, shape.num_kv_heads, plan.num_slots, shape.head_dim)
+    v = torch.zeros_like(k)
+    for args in _cpp_bank_args(plan, layer, torch.float32):
+        _core.prefix_gather(out_k=k.numpy(), out_v=v.numpy(), num_threads=torch.get_num_threads(), **args)
+    return k, v
+
+
+def _cpp_gather_available() -> bool:
+    try:
+        from kvi_engine import _core
+    except ImportError:
+        return False
+    return hasattr(_core, "prefix_gather")
+
+
+dispatch.register(SLOT_GATHER, "reference", _gather_reference)
+dispatch.register(SLOT_GATHER, "cpp", _gather_cpp, available=_cpp_gather_available,
+                  why_not="kvi_engine._core lacks prefix_gather (rebuild the extension)")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import CAPSULES, ENTITIES, tokenizer
 
-from kvi_engine import attention, dispatch
+from kvi_engine import _core, attention, dispatch
 from kvi_engine.bank import KVBank
 from kvi_engine.capsules import Capsule
 from kvi_engine.compile import add_capsules, compile_bank
@@ -251,3 +251,39 @@ def test_cpp_rejects_bad_input():
         _core.prefix_attention(**{**args, "token": t.token.numpy(), "k_scale": None})
     with pytest.raises(ValueError, match="unknown storage format"):
         _core.prefix_attention(**{**args, "token": t.token.numpy(), "bank_format": "int3"})
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_cpp_slot_gather_equals_pytorch_bit_for_bit(scheme):
+    from kvi_engine import plan as plan_mod
+
+    for dims, segments, kw in (("tiny", 1, {}), ("d64_gqa4", 2, dict(capsule_layers={0: [0]})),
+                               ("d32_gqa7", 1, dict(layout="parallel"))):
+        if segments > 1 and scheme not in ("fp32", "int8", "int4:g8:channel"):
+            continue
+        bank = bank_for(dims, scheme, segments)
+        m, _ = tiny(dims)
+        plan = build_plan(bank, rows(bank, 5, seed=3) + [list(range(bank.num_capsules))], **kw)
+        for layer in range(bank.num_layers):
+            want_k, want_v = plan_mod._gather_reference(plan, layer, m, torch.float32, "cpu")
+            got_k, got_v = plan_mod._gather_cpp(plan, layer, m, torch.float32, "cpu")
+            seen = plan.slot_valid(layer)[:, None, :, None].expand_as(want_k)
+            assert torch.equal(got_k[seen], want_k[seen]) and torch.equal(got_v[seen], want_v[seen]), (dims, layer)
+            assert not got_k[~seen].any(), "slots masked at this layer stay zero"
+
+
+def test_slot_gather_dispatch(monkeypatch):
+    bank = bank_for("tiny", "int8")
+    m, _ = tiny("tiny")
+    plan = build_plan(bank, [[0, 1]])
+    calls = []
+    real = _core.prefix_gather
+    monkeypatch.setattr(_core, "prefix_gather", lambda **kw: calls.append(1) or real(**kw))
+    plan.layer_kv(0, m, torch.float32, "cpu")
+    assert calls, "float32 on the CPU: the C++ gather is the automatic choice"
+    calls.clear()
+    plan.layer_kv(1, m, torch.float16, "cpu")
+    assert not calls, "other dtypes take the PyTorch gather"
+    monkeypatch.setenv("KVI_BACKEND_SLOT_GATHER", "cpp")
+    with pytest.raises(dispatch.BackendUnavailable, match="float32 on the CPU"):
+        plan.layer_kv(1, m, torch.bfloat16, "cpu")

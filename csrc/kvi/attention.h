@@ -247,6 +247,66 @@ inline bool use_avx2(int64_t head_dim) {
 #endif
 }
 
+// The unfused path's gather, fused: every visible slot's key (dequantised, rotated to its slot) and value as fp32,
+// into out_k/out_v [batch, kv_heads, num_slots, head_dim] (other slots are left as they are). One pass over the
+// plan's tokens instead of PyTorch's gather, concatenate, transpose and five rotation ops. Products and sums are
+// rounded one by one, never fused (this is compiled for the baseline target, and contraction is switched off where
+// a compiler could use FMA), so the result equals the PyTorch gather + rotation bit for bit.
+template <Format F>
+#if defined(__GNUC__) && !defined(__clang__)
+__attribute__((optimize("fp-contract=off")))
+#endif
+void gather_format(const Problem& p, int threads, float* out_k, float* out_v) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+    const int64_t D = p.head_dim, half = D / 2, H = p.kv_heads, S = p.num_slots;
+    const int workers = resolve_threads(threads, p.batch * H);
+    std::vector<std::vector<float>> rows(workers, std::vector<float>(D));
+    parallel_for(p.batch * H, workers, [&](int worker, int64_t item) {
+        const int64_t b = item / H, h = item % H;
+        float* k = rows[worker].data();
+        for (int64_t j = 0; j < S; ++j) {
+            const int64_t i = b * S + j;
+            if (!p.visible[i]) continue;
+            float* ko = out_k + ((b * H + h) * S + j) * D;
+            float* vo = out_v + ((b * H + h) * S + j) * D;
+            if (j < p.prefix_len) {
+                load_prefix_row(p.prefix_k, p.token[i], h, H, D, k);
+                load_prefix_row(p.prefix_v, p.token[i], h, H, D, vo);
+            } else {
+                const int64_t crow = p.capsule_row ? p.capsule_row[i] : 0;
+                load_row<F>(p.bank_k, p.token[i], crow, h, H, D, k);
+                load_row<F>(p.bank_v, p.token[i], crow, h, H, D, vo);
+            }
+            const float* c = p.cos + i * half;
+            const float* sn = p.sin + i * half;
+            for (int64_t d = 0; d < half; ++d) {
+                const float a = k[d] * c[d], b2 = k[d + half] * sn[d];
+                const float a2 = k[d + half] * c[d], b1 = k[d] * sn[d];
+                ko[d] = a - b2;
+                ko[d + half] = a2 + b1;
+            }
+        }
+    });
+}
+
+inline void gather_slots(const Problem& p, int threads, float* out_k, float* out_v) {
+    validate(p);
+    if (p.prefix_k.format != p.prefix_v.format || p.bank_k.format != p.bank_v.format)
+        throw std::invalid_argument("prefix_gather: K and V must share a storage format");
+    switch (p.bank_k.format) {
+        case Format::f32: return gather_format<Format::f32>(p, threads, out_k, out_v);
+        case Format::f16: return gather_format<Format::f16>(p, threads, out_k, out_v);
+        case Format::bf16: return gather_format<Format::bf16>(p, threads, out_k, out_v);
+        case Format::i8: return gather_format<Format::i8>(p, threads, out_k, out_v);
+        case Format::i4: return gather_format<Format::i4>(p, threads, out_k, out_v);
+        case Format::i2: return gather_format<Format::i2>(p, threads, out_k, out_v);
+        case Format::fp8: return gather_format<Format::fp8>(p, threads, out_k, out_v);
+    }
+    throw std::invalid_argument("prefix_gather: unknown bank format");
+}
+
 inline void prefix_attention(const Problem& p, int threads) {
     validate(p);
     if (p.q_len == 0) return;
