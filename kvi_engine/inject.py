@@ -13,6 +13,7 @@ Everything is undone on exit, also on error.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 from typing import Iterable, Mapping, Sequence
 
@@ -61,10 +62,18 @@ def _kvi_attention(module, query, key, value, attention_mask, scaling=None, drop
     return out.transpose(1, 2).contiguous(), None
 
 
+_SDPA_MASK_SIGNATURE = inspect.signature(sdpa_mask)
+
+
 def _kvi_mask(*args, **kwargs):
-    # HF returns None (SDPA's is_causal) only for an unpadded batch with q_len == kv_len or q_len == 1, where that
-    # equals the op's own-KV default (query i sees own keys up to kv_len - q_len + i); the kernels then skip the
-    # masked half of the own-KV blocks instead of reading a mask.
+    # HF may return None (SDPA's is_causal, top-left aligned) instead of a mask. Only where q_length == kv_length is
+    # that the op's own-KV default (query i sees own keys up to kv_len - q_len + i); the kernels then skip the masked
+    # half of the own-KV blocks instead of reading a mask. Elsewhere -- a static cache's prefill, where kv_length is
+    # the cache size, or decode -- the mask is always built.
+    given = _SDPA_MASK_SIGNATURE.bind_partial(*args, **kwargs).arguments
+    q_len, kv_len = given.get("q_length"), given.get("kv_length")
+    if not (isinstance(q_len, int) and isinstance(kv_len, int) and q_len == kv_len):
+        kwargs["allow_is_causal_skip"] = False
     return sdpa_mask(*args, **kwargs)
 
 

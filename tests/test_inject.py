@@ -233,3 +233,25 @@ def test_errors_and_patch_undone(tmp_path):
         torch.testing.assert_close(m(input_ids=prompt).logits, before, atol=0, rtol=0)
     assert all(getattr(mod, "_kvi_state", None) is None for mod in m.modules())
     assert not m.get_decoder()._forward_pre_hooks
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_static_cache_prefill_and_decode_equal_dynamic_cache(backend, tmp_path):
+    """A static cache's prefill has kv_length = cache size > q_length: HF's SDPA skip (top-left causal) would let a
+    prompt token see later ones and empty slots; the op must get the explicit mask there."""
+    from transformers import DynamicCache, StaticCache
+
+    m, tok = model("llama", True), tokenizer(True)
+    bank = bank_for(m, tok, tmp_path)
+    prompt = torch.tensor([prompt_ids(tok)])
+    nxt = torch.tensor([[prompt_ids(tok, "fever")[0]]])
+    logits = {}
+    for name in ("dynamic", "static"):
+        cache = DynamicCache(config=m.config) if name == "dynamic" else StaticCache(config=m.config, max_cache_len=64)
+        with inject(m, bank, [[0, 4]], backend=backend), torch.no_grad():
+            first = m(input_ids=prompt, past_key_values=cache, use_cache=True).logits
+            step = m(input_ids=nxt, past_key_values=cache, use_cache=True,
+                     cache_position=torch.tensor([prompt.shape[1]])).logits
+        logits[name] = (first, step)
+    torch.testing.assert_close(logits["static"][0], logits["dynamic"][0], atol=TOL, rtol=0)
+    torch.testing.assert_close(logits["static"][1], logits["dynamic"][1], atol=TOL, rtol=0)
