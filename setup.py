@@ -10,7 +10,7 @@ import os
 import sys
 from glob import glob
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import Pybind11Extension, build_ext, has_flag
 from setuptools import find_packages, setup
 
 compile_args = ["-O3", "-fvisibility=hidden"]
@@ -18,9 +18,22 @@ link_args = []
 if os.environ.get("KVI_SANITIZE"):
     sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
     compile_args, link_args = sanitize, sanitize
-# OpenMP workers share PyTorch's libgomp (csrc/kvi/parallel.h says why); KVI_NO_OPENMP=1 builds std::threads instead.
-if sys.platform.startswith("linux") and not os.environ.get("KVI_NO_OPENMP"):
-    compile_args, link_args = compile_args + ["-fopenmp"], link_args + ["-fopenmp"]
+
+
+class BuildExt(build_ext):
+    """OpenMP with GCC on Linux: its libgomp is the runtime PyTorch's wheels load, which the extension then shares
+    (csrc/kvi/parallel.h says why). Clang's libomp would be a second runtime, so clang and KVI_NO_OPENMP=1 build
+    plain std::threads."""
+
+    def build_extensions(self):
+        cc = " ".join(getattr(self.compiler, "compiler_so", None) or [])
+        if sys.platform.startswith("linux") and "clang" not in cc and not os.environ.get("KVI_NO_OPENMP") \
+                and has_flag(self.compiler, "-fopenmp"):
+            for e in self.extensions:
+                e.extra_compile_args = [*e.extra_compile_args, "-fopenmp"]
+                e.extra_link_args = [*e.extra_link_args, "-fopenmp"]
+        super().build_extensions()
+
 
 ext = Pybind11Extension(
     "kvi_engine._core",
@@ -37,6 +50,6 @@ setup(
     package_dir={"kvi_engine.kernels": "kernels"},
     package_data={"kvi_engine": ["data/**/*", "_core.pyi", "py.typed"]},
     ext_modules=[ext],
-    cmdclass={"build_ext": build_ext},
+    cmdclass={"build_ext": BuildExt},
     zip_safe=False,
 )

@@ -603,6 +603,7 @@ static void bind_quant(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
     m.doc() = "kvi-engine native core (graph store, traversal, entity linker, bank codecs, CPU attention)";
     m.attr("__version__") = "0.1.0";
+    kvi::install_fork_guard();  // a fork()ed child must not enter the parent's OpenMP pool (kvi/parallel.h)
     m.def("num_threads_default", []() { return kvi::resolve_threads(0, INT32_MAX); },
           "Threads used by batched calls when num_threads=0 (hardware concurrency).");
     bind_graph(m);
