@@ -174,7 +174,8 @@ def _replace_updated_bank(out: Path, compile_to) -> None:
     ``bank.kvb``: readers fail) or bring back the pre-update ``bank.kvb`` alone (removed capsules reappear). So the
     new bank goes in as an update -- a new segment named by a new manifest, one rename -- and only then returns to
     the plain layout: ``bank.kvb`` becomes a second name (hard link) of that segment, the manifest goes (readers
-    now open ``bank.kvb``: the same file), then the segment's own name."""
+    now open ``bank.kvb``: the same file), then the segment's own name. A crash between the last two unlinks leaves
+    a valid plain bank and a stray ``seg-*.kvb`` the size of the bank, removed by the next compile or update."""
     try:
         generation = Snapshot.open(out).generation + 1
     except (BankFormatError, OSError):  # a broken old bank is replaced all the same

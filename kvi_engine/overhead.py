@@ -58,8 +58,10 @@ def _timed_interleaved(runs: dict, repeats: int, warmup: int) -> dict[str, list[
         for fn in runs.values():
             fn()
     times = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
+    order = list(runs)
+    for i in range(repeats):
+        for name in (order if i % 2 == 0 else order[::-1]):  # no method always runs first or last
+            fn = runs[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)

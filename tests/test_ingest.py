@@ -95,6 +95,19 @@ def test_pdf_documents_page_text_title_and_errors(tmp_path):
         load_documents(tmp_path / "broken.pdf")
 
 
+def test_pdf_encrypted_with_an_owner_password_only_opens(tmp_path):
+    pypdf = pytest.importorskip("pypdf")
+    (tmp_path / "plain.pdf").write_bytes(minimal_pdf(["Velotrex treats Grellan fever."]))
+    for name, user in (("owner_only", ""), ("locked", "secret")):
+        writer = pypdf.PdfWriter(clone_from=tmp_path / "plain.pdf")
+        writer.encrypt(user_password=user, owner_password="owner", algorithm="RC4-128")
+        writer.write(tmp_path / f"{name}.pdf")
+    (doc,) = load_documents(tmp_path / "owner_only.pdf")
+    assert [s.text for s in doc.sentences()] == ["Velotrex treats Grellan fever."]
+    with pytest.raises(DocumentFormatError, match="locked.pdf: encrypted PDF"):
+        load_documents(tmp_path / "locked.pdf")
+
+
 def test_sentence_store_round_trip_and_corruption(tmp_path):
     store = SentenceStore(document_sentences("doc1", "Alpha leads Beta. 格伦病毒引起格伦热。"))
     path = tmp_path / "sentences.jsonl"

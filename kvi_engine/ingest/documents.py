@@ -49,12 +49,12 @@ def _jsonl_documents(path: Path) -> list[Document]:
 def _pdf_document(path: Path) -> Document:
     try:
         from pypdf import PdfReader
-        from pypdf.errors import PdfReadError
     except ImportError:
         raise DocumentFormatError(f"{path}: reading PDF needs pypdf: pip install 'kvi-engine[pdf]'") from None
     try:
         reader = PdfReader(path)
-        if reader.is_encrypted:
+        # An owner password alone (common) still opens with the empty user password.
+        if reader.is_encrypted and not reader.decrypt(""):
             raise DocumentFormatError(f"{path}: encrypted PDF; decrypt it first")
         pages = []
         for number, page in enumerate(reader.pages, 1):
@@ -62,16 +62,16 @@ def _pdf_document(path: Path) -> Document:
                 pages.append((page.extract_text() or "").strip())
             except Exception as e:  # noqa: BLE001 -- pypdf raises many types on malformed content streams
                 raise DocumentFormatError(f"{path}: page {number}: cannot extract text: {e}") from None
-    except (PdfReadError, OSError, ValueError) as e:
-        if isinstance(e, DocumentFormatError):
-            raise
-        raise DocumentFormatError(f"{path}: not a readable PDF: {e}") from None
+        title = str((reader.metadata or {}).get("/Title") or "")
+    except DocumentFormatError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- malformed files surface as many pypdf (and struct/zlib) error types
+        raise DocumentFormatError(f"{path}: not a readable PDF: {type(e).__name__}: {e}") from None
     text = "\n\n".join(p for p in pages if p)
     if not text:
         raise DocumentFormatError(f"{path}: no extractable text in {len(pages)} page(s) (a scanned PDF needs OCR)")
     doc_id = path.stem.replace(":", "_")
-    title = str((reader.metadata or {}).get("/Title") or doc_id)
-    return Document(doc_id, text, title)
+    return Document(doc_id, text, title or doc_id)
 
 
 def _file_documents(path: Path) -> list[Document]:
