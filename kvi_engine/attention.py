@@ -215,12 +215,12 @@ def reference_cache_bytes(plan) -> int:
 
 
 def _prefer(device: torch.device, plan, q_len: int) -> str | None:
-    # Measured on the CPU (bench/bench_attention.py, bench/bench_ttft.py, 1 thread, bench model geometry):
-    # - prefill: the fused C++ kernel beats gather + rotate + SDPA (64-token prompt, 1,700 injected tokens:
-    #   6.8 vs 9.5 ms a layer), so it is the automatic choice whenever there is more than one query token;
+    # Measured on the CPU (bench/bench_attention.py, 1 thread, bench model geometry, int8 bank):
+    # - prefill: the fused C++ kernel beats even the C++ slot gather + SDPA (1 x 2,058 injected tokens: 4.1 vs
+    #   5.2 ms a layer; 64 x 519: 65 vs 147 ms), so it is the automatic choice for more than one query token;
     # - decode: once the plan's gathered float copy exists, SDPA over it is faster than re-reading the bank every
-    #   step (128 capsules, batch 1: 41-53 vs 55-65 ms a token), so decode prefers the cached reference while that
-    #   copy stays under a memory cap; past the cap the kernel, which needs no copy, takes over.
+    #   step (bench model, 128 capsules, batch 1: 37-39 vs 47-50 ms a token), so decode prefers the cached reference
+    #   while that copy stays under a memory cap; past the cap the kernel, which needs no copy, takes over.
     if plan is None or device.type != "cpu" or q_len > 1:
         return None
     cap = float(os.environ.get("KVI_REFERENCE_CACHE_MAX_MB", "256")) * 2**20
