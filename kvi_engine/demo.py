@@ -1,8 +1,9 @@
 """``kvi demo``: the main job on the shipped sample (capsules, entities, questions).
 
 Compiles the sample capsules with the default model (or ``--model``), answers sample questions in one batch with
-and without injection (capsules chosen per question by entity match), and prints a timing table measured side
-by side: LLM (no knowledge), RAG (the same statements as prompt text) and KVI (injected as KV).
+and without injection (capsules chosen per question by the query pipeline's retrieval: entity linking, intent,
+2-hop traversal, DRM scoring, budgeted top-k with anchors), and prints a timing table measured side by side: LLM
+(no knowledge), RAG (the same statements as prompt text) and KVI (injected as KV).
 """
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def run_demo(args) -> int:
     from kvi_engine import KVIEngine, compile_bank, load_capsules, load_entities
     from kvi_engine.cli import _load
     from kvi_engine.overhead import format_table, measure_ttft
+    from kvi_engine.methods import retrieve
+    from kvi_engine.pipeline import QueryPipeline
     from kvi_engine.prompts import qa_prompt
-    from kvi_engine.select import CapsuleSelector
 
     model, tok = _load(args)
     caps = load_capsules(SAMPLE_DIR / "capsules.jsonl")
@@ -37,15 +39,15 @@ def run_demo(args) -> int:
           f"tokens, {bank.bytes_per_token / 1024:.1f} KiB/token, compiled in {compile_s:.1f}s -> {args.out}\n")
 
     questions = _load_questions(args.questions)
-    selector = CapsuleSelector(bank)
-    capsule_ids = selector.select([q["question"] for q in questions], top_k=8)
     engine = KVIEngine(model, tok, bank)
+    found = retrieve(QueryPipeline.from_engine(engine, ents), "graph", [q["question"] for q in questions])
+    capsule_ids = [f.capsule_ids for f in found]
     prompts = [qa_prompt(q["question"]) for q in questions]
     kvi = engine.generate(prompts, capsule_ids, max_new_tokens=args.max_new_tokens)
     llm = engine.generate(prompts, None, max_new_tokens=args.max_new_tokens)
     for q, ids, a_kvi, a_llm in zip(questions, capsule_ids, kvi.texts, llm.texts):
         print(f"Q: {q['question']}   (gold: {', '.join(q['answers'])})")
-        print(f"   injected: {len(ids)} capsules, e.g. {bank.statement(ids[0]) if ids else '-'}")
+        print(f"   injected: {len(ids)} capsules, first {bank.statement(ids[0]) if ids else '-'}")
         print(f"   LLM: {a_llm.strip()[:100]!r}")
         print(f"   KVI: {a_kvi.strip()[:100]!r}")
 
@@ -56,7 +58,7 @@ def run_demo(args) -> int:
     print(f"\ntime to first token, question {questions[first]['id']}, {len(capsule_ids[first])} capsules "
           f"(median of {args.repeats}, {type(model).__name__}, {model.dtype}, {torch.get_num_threads()} threads):")
     print(format_table(rows, ["method", "capsules", "prompt_tokens", "knowledge_tokens", "ttft_ms", "ttft_ms_min",
-                              "ratio_to_llm"]))
+                              "ratio_to_llm", "ratio_paired"]))
     print(f"\nbatched generation of {len(prompts)} questions x {args.max_new_tokens} tokens: "
           f"KVI {kvi.total_s:.2f}s, LLM {llm.total_s:.2f}s")
     return 0

@@ -75,3 +75,13 @@ def test_default_model_falls_back_loudly_but_a_named_model_never_does(capsys, mo
     assert cli.main(["compile", "--capsules", str(tmp_path / "c.jsonl"), "--model", "no-such-org/no-such-model",
                      "--out", str(tmp_path / "b")]) == 2
     assert cli.main(["inspect", str(tmp_path / "b")]) == 2  # nothing was written
+
+
+def test_demo_runs_the_pipeline_retrieval(tmp_path, capsys):
+    """The main job on the tiny fallback model: capsules come from the query pipeline's retrieval, so each sample
+    question's first injected capsule is its supporting fact."""
+    assert cli.main(["demo", "--out", str(tmp_path / "bank"), "--questions", "3", "--max-new-tokens", "2",
+                 "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "injected: " in out and "ratio_paired" in out
+    assert "first Grellan virus causes Grellan fever." in out  # q01: what disease does the Grellan virus cause?
