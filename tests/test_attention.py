@@ -34,6 +34,8 @@ LONG = Capsule("Mira Vance", "long", " ".join(["works for the Institute of Vecto
 TEMPLATES = {"one": "{object}", "long": "{subject} {object}."}
 EXTRA = [Capsule("Oslo", "capital_of", "Norway"), Capsule("Favipiravir", "inhibits", "viral RNA polymerase")]
 TRITON = dispatch.triton_runnable()
+# Under the interpreter Triton runs on CPU tensors; on a GPU machine (bench/gpu.sh) its inputs go to the device.
+TRITON_DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" or not dispatch.cuda_available() else "cuda"
 _ROOT = tempfile.mkdtemp(prefix="kvi-attn-")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
@@ -106,8 +108,11 @@ TOL = {torch.float32: (2e-5, 1e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16:
 def check(backend, bank, plan, q, k, v, mask, m, layers=None, dtype=torch.float32):
     for layer in layers if layers is not None else range(bank.num_layers):
         want, want_lse = attention.reference(q, k, v, mask, plan, layer, m, None)
-        got, got_lse = attention.prefix_attention(q, k, v, mask, plan, layer, m, None, backend=backend,
+        dev = TRITON_DEVICE if backend == "triton" else "cpu"
+        q_, k_, v_, mask_ = (None if x is None else x.to(dev) for x in (q, k, v, mask))
+        got, got_lse = attention.prefix_attention(q_, k_, v_, mask_, plan, layer, m, None, backend=backend,
                                                   return_lse=True)
+        got, got_lse = got.cpu(), got_lse.cpu()
         assert got.dtype == q.dtype and got.shape == want.shape
         atol, lse_tol = TOL[dtype]
         if backend == "triton" and dtype == torch.bfloat16:  # the interpreter truncates float -> bf16

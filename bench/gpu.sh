@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call on a lent GPU machine (no network there: its image already has PyTorch,
+# Triton, transformers, pybind11, pytest): build the extension against that Python, run the kernel tests natively
+# (Triton compiled for the device, no interpreter), then the GPU benchmark. Results go to $OUT (or bench/results).
+#
+#     bash bench/gpu.sh                  # from the repository root, on the GPU machine
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY="${PY:-python3}"
+OUT="${OUT:-bench/results}"
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+"$PY" -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
+      'transformers', transformers.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+"$PY" setup.py build_ext --inplace -q
+export HF_HUB_OFFLINE=1
+unset TRITON_INTERPRET
+# Kernel correctness on the device: every backend against the reference, generation equality end to end.
+"$PY" -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_e2e.py 2>&1 | tee "$OUT/gpu_tests.txt"
+# Fused Triton kernel vs the unfused reference path (Llama-3-8B attention geometry, bf16), with HBM fraction.
+"$PY" bench/bench_attention.py --device cuda --out "$OUT/attention_cuda" 2>&1 | tee "$OUT/gpu_bench.txt"
