@@ -49,6 +49,13 @@ def files_of(root):
     return sorted(p for p in root.iterdir() if p.suffix == ".kvb")
 
 
+def fresh_victim(rng, banks, root):
+    """A fresh copy of a random bank at ``root`` and one of its files, chosen at random, to damage."""
+    shutil.rmtree(root, ignore_errors=True)
+    shutil.copytree(rng.choice(banks), root)
+    return rng.choice(files_of(root))
+
+
 def check(root, what):
     try:
         exercise(root)
@@ -62,11 +69,8 @@ def test_random_truncations_flips_and_overwrites(banks, tmp_path):
     rng = random.Random(0)
     raised = 0
     for case in range(RANDOM_CASES):
-        src = rng.choice(banks)
         root = tmp_path / f"c{case % 8}"
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(src, root)
-        victim = rng.choice(files_of(root))
+        victim = fresh_victim(rng, banks, root)
         data = bytearray(victim.read_bytes())
         kind = rng.choice(["truncate", "flip", "flip", "overwrite", "zero_tail"])
         if kind == "truncate":
@@ -125,11 +129,8 @@ def _walk(obj, path=()):
 def test_forged_headers_and_tables_with_valid_checksums(banks, tmp_path):
     rng = random.Random(1)
     for case in range(FORGED_CASES):
-        src = rng.choice(banks)
         root = tmp_path / f"f{case % 8}"
-        shutil.rmtree(root, ignore_errors=True)
-        shutil.copytree(src, root)
-        victim = rng.choice(files_of(root))
+        victim = fresh_victim(rng, banks, root)
         raw = victim.read_bytes()
         _, _, _, hoff, hlen, _ = _PREAMBLE.unpack_from(raw)
         header = msgpack.unpackb(raw[hoff:hoff + hlen], raw=False, strict_map_key=False)
