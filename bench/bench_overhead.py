@@ -14,9 +14,9 @@ Methods, all on the same model, dtype, 64-token prompt and greedy decoding, buil
   does (its text channel is capped by top-k, so it does not grow with the injected capsules).
 One ``generate`` call per repeat: TTFT = call -> first token chosen (for injection it includes building the plan and
 gathering capsules from the bank), decode tokens/s = batch * (new tokens - 1) / (total - TTFT). The methods of a
-cell run round-robin (one call each per repeat, the order reversed every other repeat); ``ttft_ms`` is the median, ``ttft_ratio_to_llm`` the median of the
-per-repeat ratios to the LLM call of the same round, which a machine whose speed drifts disturbs far less than a
-ratio of separately taken medians.
+cell run round-robin (one call each per repeat, the order reversed every other repeat); ``ttft_ms`` is the median,
+``ttft_ratio_to_llm`` the median of the per-repeat ratios to the LLM call of the same round, which a machine whose
+speed drifts disturbs far less than a ratio of separately taken medians.
 Peak memory: resident set size (RSS, /proc/self/statm) sampled every ms in a separate, untimed run of the same
 call; reported as the increase over the RSS just before it, after returning freed heap to the OS (malloc_trim).
 tracemalloc is not used: it does not see PyTorch's tensor allocations. ``cache_mib`` is the analytic size of the
@@ -43,7 +43,8 @@ from tqdm.auto import tqdm
 from kvi_engine import compile_bank, inject
 from kvi_engine.capsules import Capsule
 from kvi_engine.models import bench_model, load_model, tiny_model, tiny_tokenizer
-from kvi_engine.overhead import format_table, machine_info, synthetic_capsules, write_results
+from kvi_engine.overhead import (format_table, machine_info, paired_ratio, round_robin, synthetic_capsules,
+                                 write_results)
 
 METHODS = ("llm", "rag", "kv-prefix", "kvi", "kvi-dual")
 _PLACES = ["Kestrel Bay", "Tamsk", "Orrin Vale", "Saltmarsh", "Halden Ridge", "Corvo", "Ilmen", "Brightwater"]
@@ -171,8 +172,8 @@ class Bench:
             for m in methods:
                 self.run(m, *inputs[m][:2])
         runs = {m: [] for m in methods}
-        for i in range(repeats):
-            for m in (methods if i % 2 == 0 else methods[::-1]):  # no method always runs first or last
+        for order in round_robin(methods, repeats):
+            for m in order:
                 runs[m].append(self.run(m, *inputs[m][:2]))
         rows = []
         for m in methods:
@@ -183,7 +184,7 @@ class Bench:
             decode = statistics.median((total - t) for t, total in runs[m])
             tok_s = batch * (self.new_tokens - 1) / decode if decode > 0 and self.new_tokens > 1 else float("nan")
             cache = batch * (cache_tokens + self.new_tokens) * self.bytes_per_token / 2**20
-            paired = (statistics.median(t / b for (t, _), (b, _) in zip(runs[m], runs["llm"])) if "llm" in runs
+            paired = (paired_ratio([t for t, _ in runs[m]], [t for t, _ in runs["llm"]]) if "llm" in runs
                       else float("nan"))
             rows.append(Row(sweep, m, n, batch, len(self.prompt) + len(self.prefix), knowledge,
                             1e3 * statistics.median(ttfts), 1e3 * min(ttfts), tok_s, mem.mib, cache, paired))

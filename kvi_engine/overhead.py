@@ -52,15 +52,26 @@ def _first_token(model, ids: torch.Tensor) -> torch.Tensor:
     return out.logits[:, -1].argmax(-1)
 
 
+def round_robin(names, repeats: int):
+    """Each round's order: ``names``, reversed every other round, so no method always runs first or last."""
+    names = list(names)
+    for i in range(repeats):
+        yield names if i % 2 == 0 else names[::-1]
+
+
+def paired_ratio(times, base) -> float:
+    """Median over rounds of ``times[i] / base[i]``: robust to the machine's speed drifting between rounds."""
+    return statistics.median(t / b for t, b in zip(times, base))
+
+
 def _timed_interleaved(runs: dict, repeats: int, warmup: int) -> dict[str, list[float]]:
     """Round-robin over the methods each repeat, so load from other processes hits every method alike."""
     for _ in range(warmup):
         for fn in runs.values():
             fn()
     times = {name: [] for name in runs}
-    order = list(runs)
-    for i in range(repeats):
-        for name in (order if i % 2 == 0 else order[::-1]):  # no method always runs first or last
+    for order in round_robin(runs, repeats):
+        for name in order:
             fn = runs[name]
             t0 = time.perf_counter()
             fn()
@@ -93,7 +104,7 @@ def measure_ttft(model, bank: KVBank, prompt_ids: list[int], capsule_ids: list[i
     for r in rows:  # ratios of the minima: the least disturbed run of each method on a shared machine
         r.ratio_to_llm = r.ttft_ms_min / llm if llm else float("nan")
         if "llm" in times:
-            r.ratio_paired = statistics.median(t / b for t, b in zip(times[r.method], times["llm"]))
+            r.ratio_paired = paired_ratio(times[r.method], times["llm"])
     return rows
 
 
