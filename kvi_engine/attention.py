@@ -180,22 +180,14 @@ def cpp(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_
     return out.to(query.dtype), lse
 
 
-def _cpp_available() -> bool:
-    try:
-        from kvi_engine import _core
-    except ImportError:
-        return False
-    return hasattr(_core, "prefix_attention")
-
-
 def _triton(*args, **kwargs):
     from kvi_engine.kernels.prefix_attention import prefix_attention_fwd
     return prefix_attention_fwd(*args, **kwargs)
 
 
 dispatch.register(OP, "reference", torch_sdpa)
-dispatch.register(OP, "cpp", cpp, available=_cpp_available, why_not="kvi_engine._core lacks prefix_attention "
-                  "(rebuild the extension)")
+dispatch.register(OP, "cpp", cpp, available=lambda: dispatch.core_has("prefix_attention"),
+                  why_not="kvi_engine._core lacks prefix_attention (rebuild the extension)")
 dispatch.register(OP, "triton", _triton, available=dispatch.triton_runnable, auto=dispatch.cuda_available,
                   why_not="needs Triton and a CUDA device (or TRITON_INTERPRET=1 for CPU correctness runs)")
 

@@ -79,6 +79,15 @@ def backends(op: str) -> dict[str, bool]:
     return {name: impl.available() for name, impl in _REGISTRY.get(op, {}).items()}
 
 
+def core_has(name: str) -> bool:
+    """Whether the native extension ``kvi_engine._core`` builds and exports ``name`` (a C++ backend's probe)."""
+    try:
+        from kvi_engine import _core
+    except ImportError:
+        return False
+    return hasattr(_core, name)
+
+
 def cuda_available() -> bool:
     try:
         import torch

@@ -202,17 +202,10 @@ def _cpp_build_csr(key, num_keys):
     return _core.build_csr(key, num_keys)
 
 
-def _has_core(name: str) -> bool:
-    try:
-        from kvi_engine import _core
-    except ImportError:
-        return False
-    return hasattr(_core, name)
-
-
-dispatch.register("graph", "cpp", _cpp_graph, available=lambda: _has_core("Graph"), why_not="kvi_engine._core lacks Graph")
+dispatch.register("graph", "cpp", _cpp_graph, available=lambda: dispatch.core_has("Graph"),
+                  why_not="kvi_engine._core lacks Graph")
 dispatch.register("graph", "reference", graph_twin.GraphTwin)
-dispatch.register("graph.build_csr", "cpp", _cpp_build_csr, available=lambda: _has_core("build_csr"),
+dispatch.register("graph.build_csr", "cpp", _cpp_build_csr, available=lambda: dispatch.core_has("build_csr"),
                   why_not="kvi_engine._core lacks build_csr")
 dispatch.register("graph.build_csr", "reference", graph_twin.build_csr)
 

@@ -49,15 +49,8 @@ def _twin_linker(blob, offsets, entity_ids, priors):
     return linker_twin.LinkerTwin(None, blob, offsets, entity_ids, priors)
 
 
-def _has_linker() -> bool:
-    try:
-        from kvi_engine import _core
-    except ImportError:
-        return False
-    return hasattr(_core, "Linker")
-
-
-dispatch.register("linker", "cpp", _cpp_linker, available=_has_linker, why_not="kvi_engine._core lacks Linker")
+dispatch.register("linker", "cpp", _cpp_linker, available=lambda: dispatch.core_has("Linker"),
+                  why_not="kvi_engine._core lacks Linker")
 dispatch.register("linker", "reference", _twin_linker)
 
 

@@ -255,14 +255,6 @@ def _gather_cpp(plan: InjectionPlan, layer: int, model, dtype, device) -> tuple[
     return k, v
 
 
-def _cpp_gather_available() -> bool:
-    try:
-        from kvi_engine import _core
-    except ImportError:
-        return False
-    return hasattr(_core, "prefix_gather")
-
-
 dispatch.register(SLOT_GATHER, "reference", _gather_reference)
-dispatch.register(SLOT_GATHER, "cpp", _gather_cpp, available=_cpp_gather_available,
+dispatch.register(SLOT_GATHER, "cpp", _gather_cpp, available=lambda: dispatch.core_has("prefix_gather"),
                   why_not="kvi_engine._core lacks prefix_gather (rebuild the extension)")
