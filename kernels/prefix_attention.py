@@ -1,8 +1,11 @@
 """Fused prefix attention in Triton: bank gather + dequantisation + RoPE + attention over [injected ‖ own KV].
 
-    out, lse = prefix_attention_fwd(query, own_k, own_v, own_mask, plan, layer, model, scaling)
+    out, lse = prefix_attention_fwd(query, own_k, own_v, own_mask, bank_k, bank_v, k_scale, k_zero, v_scale, v_zero,
+                                    prefix_k, prefix_v, token, position, visible, capsule_row, inv_freq, scheme=...)
 
-Same contract as :func:`kvi_engine.attention.reference`. One program handles ``BLOCK_M`` query rows of one
+Plain tensors in, plain tensors out: this module imports nothing from kvi_engine (the caller,
+kvi_engine/attention/triton.py, turns a plan and a bank into these tables). Same contract as the float32 oracle
+``kvi_engine.attention.reference.reference``. One program handles ``BLOCK_M`` query rows of one
 (batch row, kv head): the rows are the ``group x q_len`` (query head, token) pairs sharing that kv head, so decode
 (one token, ``group`` heads) fills a tile and each injected key is read once per kv head. Keys are loaded in two
 halves so rotate_half needs no shuffle: ``k1' = k1 cos - k2 sin``, ``k2' = k2 cos + k1 sin``, and the scores are
@@ -13,15 +16,10 @@ from __future__ import annotations
 
 import math
 import os
-import weakref
 
 import torch
 import triton
 import triton.language as tl
-
-from kvi_engine.attention import BankLayer, bank_layer, merge_state, own_visibility
-
-_BANK_ON_DEVICE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 @triton.jit
@@ -31,7 +29,7 @@ def _load_half(ptr, row_off, cols, ok, dmask):
 @triton.jit
 def _load_bank(CODES, SCALE, ZERO, row, param_row, cols, ok, dmask, FMT: tl.constexpr, D: tl.constexpr,
                G: tl.constexpr):
-    """Channels ``cols`` of rows ``row`` (token * kv_heads + head) dequantised to fp32 (format: kvi_engine.quant;
+    """Channels ``cols`` of rows ``row`` (token * kv_heads + head) dequantised to fp32 (format: kvi_engine/bank/quant.py;
     FMT 0-2 float, 3 int8, 4 int4, 5 int2, 6 fp8 e4m3fn); params are read at ``param_row``."""
     m = ok[:, None] & dmask[None, :]
     if FMT < 3:
@@ -176,80 +174,79 @@ def _prefix_attn_kernel(Q, OWN_K, OWN_V, OWN_MASK, BANK_K, BANK_V, K_SCALE, K_ZE
 
 
 _FORMATS = {"fp32": 0, "fp16": 1, "bf16": 2, "int8": 3, "int4": 4, "int2": 5, "fp8": 6}
+_ACT = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
-def device_bank_layer(bank, layer: int, segment: int, device: torch.device) -> BankLayer:
-    """:func:`bank_layer` on ``device``, uploaded once per (bank, layer, segment, device) and kept while the bank
-    lives (the bank itself stays memory-mapped on the host)."""
-    src = bank_layer(bank, layer, segment)
-    if device.type == "cpu":
-        return src
-    per_bank = _BANK_ON_DEVICE.setdefault(bank, {})
-    key = (layer, segment, str(device))
-    if key not in per_bank:
-        per_bank[key] = BankLayer(**{f: x.to(device) if isinstance(x, torch.Tensor) else x
-                                     for f in BankLayer.__slots__ for x in [getattr(src, f)]})
-    return per_bank[key]
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
 
 
-_ACT = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+def prefix_attention_fwd(query, own_k, own_v, own_mask, bank_k, bank_v, k_scale, k_zero, v_scale, v_zero, prefix_k,
+                         prefix_v, token, position, visible, capsule_row, inv_freq, *, scheme: str, group_size: int,
+                         key_per_capsule: bool, prefix_len: int, scale: float, rope_scale: float = 1.0):
+    """Host launcher: checks shapes, dtypes and strides, then launches one kernel over (query tiles, batch x kv heads).
 
-
-def prefix_attention_fwd(query, own_k, own_v, own_mask, plan, layer, model=None, scaling=None, return_lse=True):
-    """Host launcher: checks shapes and strides, then launches one kernel over (query tiles, batch x kv heads)."""
-    if query.dim() != 4 or own_k.dim() != 4 or own_v.shape != own_k.shape:
-        raise ValueError(f"query [B, Hq, Q, D] and own_k/own_v [B, Hkv, KV, D] expected, got {tuple(query.shape)}, "
-                         f"{tuple(own_k.shape)}, {tuple(own_v.shape)}")
+    ``query [B, Hq, Q, D]``, ``own_k/own_v [B, Hkv, KV, D]``, ``own_mask`` uint8 ``[B, Q, KV]`` or None (causal);
+    bank codes ``[tokens, Hkv, D']`` and params as stored (kvi_engine/bank/quant.py), ``prefix_k/v [P, Hkv, D]``;
+    tables ``token / position / capsule_row`` int32 ``[B, n]`` and ``visible`` uint8 ``[B, n]`` over the
+    ``n = prefix_len + slots`` injected positions; ``inv_freq [D / 2]`` float32. Returns ``out [B, Hq, Q, D]``
+    (query dtype) and ``lse [B, Hq, Q]`` float32."""
+    _need(query.dim() == 4 and own_k.dim() == 4 and own_v.shape == own_k.shape,
+          f"query [B, Hq, Q, D] and own_k/own_v [B, Hkv, KV, D] expected, got {tuple(query.shape)}, "
+          f"{tuple(own_k.shape)}, {tuple(own_v.shape)}")
     B, Hq, Q, D = query.shape
     Hkv, KV = own_k.shape[1], own_k.shape[2]
-    if own_k.shape[0] != B or own_k.shape[3] != D or Hq % Hkv or D % 2:
-        raise ValueError(f"incompatible shapes: query {tuple(query.shape)}, own_k {tuple(own_k.shape)}")
-    if plan.batch_size != B:
-        raise ValueError(f"batch of {B} rows but the injection plan has {plan.batch_size} rows")
+    _need(own_k.shape[0] == B and own_k.shape[3] == D and Hq % Hkv == 0 and D % 2 == 0,
+          f"incompatible shapes: query {tuple(query.shape)}, own_k {tuple(own_k.shape)}")
     if own_k.dtype not in _ACT or query.dtype != own_k.dtype:
         raise TypeError(f"query and own KV must share one of {list(_ACT)}, got {query.dtype} and {own_k.dtype}")
+    _need(scheme in _FORMATS, f"unknown storage format {scheme!r}; expected one of {sorted(_FORMATS)}")
+    n = token.shape[-1]
+    for name, tab, dt in (("token", token, torch.int32), ("position", position, torch.int32),
+                          ("capsule_row", capsule_row, torch.int32), ("visible", visible, torch.uint8)):
+        _need(tab.shape == (B, n) and tab.dtype == dt and tab.is_contiguous(),
+              f"{name}: expected a contiguous {dt} table [{B}, {n}], got {tab.dtype} {tuple(tab.shape)}")
+    _need(bank_k.dim() == 3 and bank_k.shape[1] == Hkv and bank_v.shape == bank_k.shape,
+          f"bank codes [tokens, {Hkv}, code_dim] expected, got {tuple(bank_k.shape)} / {tuple(bank_v.shape)}")
+    _need(prefix_k.shape == (prefix_len, Hkv, D) and prefix_v.shape == prefix_k.shape,
+          f"prefix K/V [{prefix_len}, {Hkv}, {D}] expected, got {tuple(prefix_k.shape)}")
+    _need(inv_freq.shape == (D // 2,) and inv_freq.dtype == torch.float32, f"inv_freq: float32 [{D // 2}] expected")
+    quantised = _FORMATS[scheme] >= 3
+    _need(not quantised or (k_scale is not None and v_scale is not None), f"{scheme} storage needs its scales")
     device = query.device
+    for name, x in (("bank_k", bank_k), ("token", token), ("prefix_k", prefix_k)):
+        _need(x.device == device, f"{name} is on {x.device}, the query on {device}")
     query, own_k, own_v = (x if x.stride(-1) == 1 else x.contiguous() for x in (query, own_k, own_v))
-    if plan.bank.shape.num_kv_heads != Hkv or plan.bank.shape.head_dim != D:
-        raise ValueError(f"the bank stores {plan.bank.shape.num_kv_heads} kv heads of dim {plan.bank.shape.head_dim};"
-                         f" the model's own KV has {Hkv} of dim {D}")
-    mask = own_visibility(own_mask, B, Q, KV)
-    if mask is not None:
-        mask = mask.to(torch.uint8).contiguous()
+    bank_k, bank_v = bank_k.contiguous(), bank_v.contiguous()
+    if own_mask is not None:
+        _need(own_mask.shape == (B, Q, KV) and own_mask.dtype == torch.uint8,
+              f"own_mask: uint8 [{B}, {Q}, {KV}] expected, got {own_mask.dtype} {tuple(own_mask.shape)}")
+        own_mask = own_mask.contiguous()
     if Q == 0:
         return query.new_empty(B, Hq, 0, D), torch.empty(B, Hq, 0, dtype=torch.float32, device=device)
     rows = (Hq // Hkv) * Q
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
-    act = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[query.dtype]
+    act = _ACT[query.dtype]
     # The interpreter's tl.dot mishandles bfloat16 operands: feed it the same (bf16-rounded) values in float32.
     dot = tl.float32 if act == tl.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1" else act
     # fp32 operands at BLOCK_N 64 need ~180 KB of shared memory at head_dim 128 (sm_90 compile): more than A100s have.
     block_n = 32 if query.dtype == torch.float32 and query.is_cuda else 64
     grid = (math.ceil(rows / block_m), B * Hkv)
-    result = None
-    for tables in plan.slot_tables(device):
-        src = device_bank_layer(plan.bank, layer, tables.segment, device)
-        first = result is None
-        kv = KV if first else 0  # own KV is attended in the first pass only
-        out = torch.empty(B, Hq, Q, D, dtype=query.dtype if first else torch.float32, device=device)
-        lse = torch.empty(B, Hq, Q, dtype=torch.float32, device=device)
-        dummy = src.k
-        _prefix_attn_kernel[grid](
-            query, own_k, own_v, mask if mask is not None else out, src.k, src.v,
-            *(t if t is not None else dummy for t in (src.k_scale, src.k_zero, src.v_scale, src.v_zero)),
-            src.prefix_k, src.prefix_v, tables.token, tables.position, tables.layer_visible(layer), tables.capsule_row,
-            tables.inv_freq, out, lse,
-            query.stride(0), query.stride(1), query.stride(2), own_k.stride(0), own_k.stride(1), own_k.stride(2),
-            own_v.stride(0), own_v.stride(1), own_v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            mask.stride(0) if mask is not None else 0, mask.stride(1) if mask is not None else 0,
-            tables.token.shape[1], tables.prefix_len, Q, kv, Hkv, Hq // Hkv,
-            scaling if scaling is not None else 1 / math.sqrt(D), tables.attention_scaling,
-            HAS_MASK=mask is not None, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(D // 2)),
-            BLOCK_M=block_m, BLOCK_N=block_n, ACT=act, DOT=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
-            FMT=_FORMATS[src.scheme], GROUP_K=1 if src.key_per_capsule else max(src.group_size, 1),
-            GROUP_V=max(src.group_size, 1), K_PER_CAPSULE=src.key_per_capsule,
-        )
-        result = (out, lse) if first else merge_state(*result, out, lse)
-    return result
-
-
+    out = torch.empty(B, Hq, Q, D, dtype=query.dtype, device=device)
+    lse = torch.empty(B, Hq, Q, dtype=torch.float32, device=device)
+    dummy = bank_k
+    _prefix_attn_kernel[grid](
+        query, own_k, own_v, own_mask if own_mask is not None else out, bank_k, bank_v,
+        *(t.contiguous() if t is not None else dummy for t in (k_scale, k_zero, v_scale, v_zero)),
+        prefix_k.contiguous(), prefix_v.contiguous(), token, position, visible, capsule_row, inv_freq, out, lse,
+        query.stride(0), query.stride(1), query.stride(2), own_k.stride(0), own_k.stride(1), own_k.stride(2),
+        own_v.stride(0), own_v.stride(1), own_v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        own_mask.stride(0) if own_mask is not None else 0, own_mask.stride(1) if own_mask is not None else 0,
+        n, prefix_len, Q, KV, Hkv, Hq // Hkv, scale, rope_scale,
+        HAS_MASK=own_mask is not None, HALF=D // 2, BLOCK_H=max(16, triton.next_power_of_2(D // 2)),
+        BLOCK_M=block_m, BLOCK_N=block_n, ACT=act, DOT=dot, PRECISION="ieee" if dot == tl.float32 else "tf32",
+        FMT=_FORMATS[scheme], GROUP_K=1 if key_per_capsule else max(group_size, 1),
+        GROUP_V=max(group_size, 1), K_PER_CAPSULE=key_per_capsule,
+    )
+    return out, lse

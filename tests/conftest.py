@@ -3,8 +3,8 @@ import functools
 import pytest
 import torch
 
-from kvi_engine.capsules import Capsule, Entity
-from kvi_engine.models import FAMILIES, tiny_model, tiny_tokenizer
+from kvi_engine.capsules.capsule import Capsule, Entity
+from kvi_engine.testing.tiny import FAMILIES, tiny_model, tiny_tokenizer
 
 CAPSULES = [
     Capsule("SFTSV", "causes", "fever", sentence_id="d1:s1", sentence="SFTSV infection causes fever."),

@@ -11,9 +11,9 @@ import torch
 from conftest import CAPSULES, ENTITIES, model, tokenizer
 
 from kvi_engine import _core, dispatch
-from kvi_engine.compile import compile_bank
-from kvi_engine.engine import KVIEngine
-from kvi_engine.inject import inject
+from kvi_engine.compile.compiler import compile_bank
+from kvi_engine.generate.engine import KVIEngine
+from kvi_engine.generate.inject import inject
 
 _ROOT = tempfile.mkdtemp(prefix="kvi-e2e-")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)

@@ -3,13 +3,13 @@ import pytest
 import torch
 from conftest import CAPSULES, ENTITIES, model, tokenizer
 
-from kvi_engine.bank import KVBank
-from kvi_engine.bank_format import BankFormatError
-from kvi_engine.capture import capture_kv
-from kvi_engine.compile import compile_bank
-from kvi_engine.models import tiny_model
-from kvi_engine.rope import UnsupportedRoPE
-from kvi_engine.statements import render_statement
+from kvi_engine.bank.bank import KVBank
+from kvi_engine.capsules.statements import render_statement
+from kvi_engine.compile.capture import capture_kv
+from kvi_engine.compile.compiler import compile_bank
+from kvi_engine.formats.container import BankFormatError
+from kvi_engine.models.rope import UnsupportedRoPE
+from kvi_engine.testing.tiny import tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_refuses_what_it_cannot_do_exactly(tmp_path):
 def test_fingerprint_survives_save_load_and_dtype_but_not_other_weights(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from kvi_engine import fingerprint as fp
+    from kvi_engine.models import fingerprint as fp
     m, tok = model("qwen2", True), tokenizer(True)
     stored = fp.fingerprint(m, tok)
     m.save_pretrained(tmp_path / "m")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import CAPSULES, model, tokenizer
 
-from kvi_engine.bank_accuracy import evaluate, noise_label, perturbed_bank, wilson
-from kvi_engine.compile import compile_bank
+from kvi_engine.compile.compiler import compile_bank
+from kvi_engine.eval.bank_accuracy import evaluate, noise_label, perturbed_bank, wilson
 
 PROMPTS = ["Which disease does SFTSV cause?", "Where is Oslo?", "Who was born in Oslo and when?"]
 
@@ -58,11 +58,11 @@ def test_evaluate_rows(tmp_path):
 def test_kvi_accuracy_command_passes_draws_and_noise(tmp_path, capsys):
     import json
 
-    from kvi_engine import bank_cli
-    from kvi_engine.ingest import sample_dir
+    from kvi_engine.cli.main import main
+    from kvi_engine.utils.paths import sample_dir
 
     out = tmp_path / "rows.json"
-    assert bank_cli.main(["accuracy", "--capsules", str(sample_dir() / "capsules.jsonl"), "--questions",
+    assert main(["bank", "accuracy", "--capsules", str(sample_dir() / "capsules.jsonl"), "--questions",
                           str(sample_dir() / "questions.jsonl"), "--prompts", "2", "--per-prompt", "2", "--draws", "2",
                           "--noise", "0.01", "--schemes", "int8", "--json", str(out)]) == 0
     assert "2 prompts x 2 draws x 2 capsules" in capsys.readouterr().out

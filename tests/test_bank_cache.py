@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from kvi_engine.bank import KVBank
-from kvi_engine.bank_cache import DeviceKVCache
-from kvi_engine.bank_synth import create_tagged_bank
+from kvi_engine.bank.bank import KVBank
+from kvi_engine.bank.residency import DeviceKVCache
+from kvi_engine.testing.synth_bank import create_tagged_bank
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

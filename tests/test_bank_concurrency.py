@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from kvi_engine import bank_updates
-from kvi_engine.bank import KVBank
-from kvi_engine.bank_synth import create_tagged_bank, read_tagged, tagged_capsules
+from kvi_engine.bank import updates as bank_updates
+from kvi_engine.bank.bank import KVBank
+from kvi_engine.testing.synth_bank import create_tagged_bank, read_tagged, tagged_capsules
 
 SECONDS = 4.0
 

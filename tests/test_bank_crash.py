@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-
-from kvi_engine import bank_updates
-from kvi_engine.bank import KVBank
-from kvi_engine.bank_synth import create_tagged_bank, read_tagged
+from kvi_engine.bank import updates as bank_updates
+from kvi_engine.bank.bank import KVBank
+from kvi_engine.testing.synth_bank import create_tagged_bank, read_tagged
 
 KILLS = 52
 PKG = Path(__file__).resolve().parents[1] / "kvi_engine"
@@ -22,9 +21,9 @@ PKG = Path(__file__).resolve().parents[1] / "kvi_engine"
 CHILD = r"""
 import json, os, random, sys, types
 pkg = types.ModuleType("kvi_engine"); pkg.__path__ = [sys.argv[1]]; sys.modules["kvi_engine"] = pkg
-from kvi_engine import bank_updates as bu
-from kvi_engine.bank_segments import Snapshot
-from kvi_engine.bank_synth import tagged_capsules
+from kvi_engine.bank import updates as bu
+from kvi_engine.bank.segments import Snapshot
+from kvi_engine.testing.synth_bank import tagged_capsules
 root, journal, seed = sys.argv[2], sys.argv[3], int(sys.argv[4])
 rng = random.Random(seed)
 

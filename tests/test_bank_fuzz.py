@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from kvi_engine import bank_updates
-from kvi_engine.bank import KVBank
-from kvi_engine.bank_format import _PREAMBLE, BankFormatError, crc32_of
-from kvi_engine.bank_synth import create_tagged_bank, tagged_capsules
+from kvi_engine.bank import updates as bank_updates
+from kvi_engine.bank.bank import KVBank
+from kvi_engine.formats.container import _PREAMBLE, BankFormatError, crc32_of
+from kvi_engine.testing.synth_bank import create_tagged_bank, tagged_capsules
 
 RANDOM_CASES = 1200
 FORGED_CASES = 1000

@@ -5,15 +5,15 @@ import pytest
 import torch
 from conftest import CAPSULES, ENTITIES, model, tokenizer
 
-from kvi_engine import bank_updates
-from kvi_engine.bank import KVBank
-from kvi_engine.bank_format import BankFormatError
-from kvi_engine.bank_synth import create_tagged_bank, tagged_capsules, tagged_kv
-from kvi_engine.capsules import Capsule
-from kvi_engine.compile import add_capsules, compile_bank, recompile_entity
-from kvi_engine.fingerprint import FingerprintMismatch
-from kvi_engine.inject import inject
-from kvi_engine.plan import build_plan
+from kvi_engine.bank import updates as bank_updates
+from kvi_engine.bank.bank import KVBank
+from kvi_engine.capsules.capsule import Capsule
+from kvi_engine.compile.compiler import add_capsules, compile_bank, recompile_entity
+from kvi_engine.formats.container import BankFormatError
+from kvi_engine.generate.inject import inject
+from kvi_engine.models.fingerprint import FingerprintMismatch
+from kvi_engine.plan.plan import build_plan
+from kvi_engine.testing.synth_bank import create_tagged_bank, tagged_capsules, tagged_kv
 
 NEW = [Capsule("Oslo", "capital_of", "Norway"), Capsule("Mira Vance", "born_in", "Oslo")]
 
@@ -199,21 +199,21 @@ def test_tagged_updates_without_a_model(tmp_path, quant):
 
 
 def test_bank_commands(tmp_path, capsys):
-    from kvi_engine import bank_cli, cli
+    from kvi_engine.cli import main as cli
     root = create_tagged_bank(tmp_path / "b", [0, 1, 2, 3], "fp16")
-    assert cli.main(["verify", str(root)]) == 0
+    assert cli.main(["bank", "verify", str(root)]) == 0
     assert "ok:" in capsys.readouterr().out
-    assert bank_cli.main(["remove", str(root), "--ids", "1,2"]) == 0
-    assert bank_cli.main(["requantize", str(root), "--quant", "int4:g8"]) == 0
+    assert cli.main(["bank", "remove", str(root), "--ids", "1,2"]) == 0
+    assert cli.main(["bank", "requantize", str(root), "--quant", "int4:g8"]) == 0
     assert "-> {'scheme': 'int4', 'group_size': 8" in capsys.readouterr().out
-    assert bank_cli.main(["compact", str(root)]) == 0
+    assert cli.main(["bank", "compact", str(root)]) == 0
     bank = KVBank.open(root, verify=True)
     assert bank.live_ids() == [0, 3] and bank.quant["scheme"] == "int4"
-    assert bank_cli.main(["remove", str(root), "--ids", "1"]) == 2
+    assert cli.main(["bank", "remove", str(root), "--ids", "1"]) == 2
     assert "already removed" in capsys.readouterr().err
     seg = bank.segments[0]
     raw = bytearray(seg.path.read_bytes())
     raw[seg.c.sections["v_scale"].offset] ^= 0xFF
     seg.path.write_bytes(bytes(raw))
-    assert bank_cli.main(["verify", str(root)]) == 2
+    assert cli.main(["bank", "verify", str(root)]) == 2
     assert "section 'v_scale' fails its checksum" in capsys.readouterr().err

@@ -2,9 +2,16 @@ import json
 
 import pytest
 
-from kvi_engine.capsules import (Capsule, CapsuleFormatError, Entity, load_capsules, load_entities, save_capsules,
-                                 save_entities)
-from kvi_engine.statements import anchor_statement, render_statement
+from kvi_engine.capsules.capsule import (
+    Capsule,
+    CapsuleFormatError,
+    Entity,
+    load_capsules,
+    load_entities,
+    save_capsules,
+    save_entities,
+)
+from kvi_engine.capsules.statements import anchor_statement, render_statement
 
 
 def test_round_trip(tmp_path):

@@ -5,7 +5,8 @@ import pytest
 import torch
 from conftest import CAPSULES, ENTITIES, model, tokenizer
 
-from kvi_engine import cli, compile_bank, save_capsules, save_entities
+from kvi_engine import compile_bank, save_capsules, save_entities
+from kvi_engine.cli import main as cli
 
 
 @pytest.fixture()
@@ -61,7 +62,7 @@ def test_user_errors_are_one_clear_line(tmp_path, tiny_local_model, capsys):
 
 
 def test_default_model_falls_back_loudly_but_a_named_model_never_does(capsys, monkeypatch, tmp_path):
-    from kvi_engine.models import load_model
+    from kvi_engine.models.loading import load_model
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     m, tok, fallback = load_model(None)  # the default model cannot be downloaded here
     assert fallback and m.config.model_type == "qwen2"

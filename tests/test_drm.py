@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from kvi_engine.capsules import Capsule, load_capsules
-from kvi_engine.ingest import sample_dir
+from kvi_engine.capsules.capsule import Capsule, load_capsules
 from kvi_engine.retrieval.drm import DRMConfig, DRMScorer, ScoredCapsule, lexical_overlap, select_capsules
 from kvi_engine.retrieval.encoder import default_encoder
 from kvi_engine.retrieval.intent import IntentClassifier
+from kvi_engine.utils.paths import sample_dir
 
 CAPS = load_capsules(sample_dir() / "capsules.jsonl")
 QUESTIONS = [json.loads(line) for line in (sample_dir() / "questions.jsonl").read_text().splitlines()]

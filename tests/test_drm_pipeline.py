@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from kvi_engine.capsules import load_capsules, load_entities
-from kvi_engine.graph import KnowledgeGraph
-from kvi_engine.ingest import sample_dir
-from kvi_engine.retrieval.pipeline import NO_ENTITY, CapsuleRetriever, RetrievalConfig
-from kvi_engine.statements import anchor_capsule
+from kvi_engine.capsules.capsule import load_capsules, load_entities
+from kvi_engine.capsules.statements import anchor_capsule
+from kvi_engine.graph.knowledge_graph import KnowledgeGraph
+from kvi_engine.retrieval.capsule_retriever import NO_ENTITY, CapsuleRetriever, RetrievalConfig
+from kvi_engine.utils.paths import sample_dir
 
 D = sample_dir()
 QUESTIONS = [json.loads(line) for line in (D / "questions.jsonl").read_text().splitlines()]

@@ -6,9 +6,21 @@ import json
 
 import pytest
 
-from kvi_engine.eval import (DatasetFormatError, QAItem, bootstrap_ci, canonicalize, evaluate, exact_match,
-                             load_dataset, paired_permutation_test, relaxed_match, to_markdown, token_f1, write_report)
-from kvi_engine.ingest import sample_dir
+from kvi_engine.eval import (
+    DatasetFormatError,
+    QAItem,
+    bootstrap_ci,
+    canonicalize,
+    evaluate,
+    exact_match,
+    load_dataset,
+    paired_permutation_test,
+    relaxed_match,
+    to_markdown,
+    token_f1,
+    write_report,
+)
+from kvi_engine.utils.paths import sample_dir
 
 
 def write(tmp_path, *lines):

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
-from kvi_engine.cli import main
+from kvi_engine.cli.main import main
 from kvi_engine.eval import load_dataset
-from kvi_engine.ingest import sample_dir
-from kvi_engine.methods import METHODS
-from kvi_engine.models import tiny_model, tiny_tokenizer
+from kvi_engine.query.methods import METHODS
+from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
+from kvi_engine.utils.paths import sample_dir
 
 D = sample_dir()
 

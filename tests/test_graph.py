@@ -2,9 +2,11 @@ import numpy as np
 import pytest
 
 import kvi_engine as kvi
-from kvi_engine import _core, dispatch, graph_twin
-from kvi_engine.capsules import Capsule, Entity
-from kvi_engine.graph import FileFormatError, KnowledgeGraph
+from kvi_engine import _core, dispatch
+from kvi_engine.capsules.capsule import Capsule, Entity
+from kvi_engine.formats.container import FormatError
+from kvi_engine.graph import twin as graph_twin
+from kvi_engine.graph.knowledge_graph import KnowledgeGraph
 
 BACKENDS = ["cpp", "reference"]
 
@@ -136,8 +138,8 @@ def test_load_rejects_missing_and_foreign_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         KnowledgeGraph.load(tmp_path)
     (tmp_path / "graph.kvig").write_bytes(b"")
-    with pytest.raises(FileFormatError, match="truncated"):
+    with pytest.raises(FormatError, match="truncated"):
         KnowledgeGraph.load(tmp_path)
     kvi.EntityLinker.from_entities(ENTS).save(tmp_path / "graph.kvig")
-    with pytest.raises(FileFormatError, match="not a kvi-graph file"):
+    with pytest.raises(FormatError, match="not a kvi-graph file"):
         KnowledgeGraph.load(tmp_path)

@@ -3,10 +3,22 @@ import json
 
 import pytest
 
-from kvi_engine.capsules import Entity, load_capsules, load_entities
-from kvi_engine.ingest import (AliasTable, DocumentFormatError, RuleExtractor, Sentence, SentenceStore,
-                               SentenceStoreError, document_sentences, load_documents, merge_entities, normalize,
-                               sample_dir, sentence_store_from_documents, split_sentences)
+from kvi_engine.capsules.capsule import Entity, load_capsules, load_entities
+from kvi_engine.ingest import (
+    AliasTable,
+    DocumentFormatError,
+    RuleExtractor,
+    Sentence,
+    SentenceStore,
+    SentenceStoreError,
+    document_sentences,
+    load_documents,
+    merge_entities,
+    normalize,
+    sentence_store_from_documents,
+    split_sentences,
+)
+from kvi_engine.utils.paths import sample_dir
 
 
 def test_split_sentences_english_and_cjk():

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from kvi_engine.capsules import Entity
+from kvi_engine.capsules.capsule import Entity
 from kvi_engine.ingest import AliasTable, LLMExtractor, Sentence, parse_triples
 
 S = Sentence("doc05:s2", "doc05", "The Grellan virus causes Grellan fever.")
@@ -67,7 +67,7 @@ def test_batched_extraction_routes_provenance_per_sentence():
 
 
 def test_tiny_random_model_end_to_end():
-    models = pytest.importorskip("kvi_engine.models")
+    from kvi_engine.testing import tiny as models
     tok = models.tiny_tokenizer()
     model = models.tiny_model("qwen2", tok)
     tok.pad_token = None  # like Llama tokenizers: the extractor pads with eos for the call and restores the state

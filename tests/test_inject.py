@@ -3,10 +3,10 @@ import pytest
 import torch
 from conftest import CAPSULES, ENTITIES, eager_logits, model, tokenizer
 
-from kvi_engine.compile import compile_bank
-from kvi_engine.engine import KVIEngine
-from kvi_engine.fingerprint import FingerprintMismatch
-from kvi_engine.inject import inject
+from kvi_engine.compile.compiler import compile_bank
+from kvi_engine.generate.engine import KVIEngine
+from kvi_engine.generate.inject import inject
+from kvi_engine.models.fingerprint import FingerprintMismatch
 
 TOL = 1e-4
 

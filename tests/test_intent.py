@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from kvi_engine.ingest import sample_dir
 from kvi_engine.retrieval.encoder import default_encoder
 from kvi_engine.retrieval.intent import DEFAULT_INTENTS, Intent, IntentClassifier, load_intents
+from kvi_engine.utils.paths import sample_dir
 
 QUESTIONS = [json.loads(line) for line in (sample_dir() / "questions.jsonl").read_text().splitlines()]
 

@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from kvi_engine.kpr.align import entity_slots, mention_token_positions
-from kvi_engine.kpr.testing import minilm_path
+from kvi_engine.utils.paths import minilm_path
 
 M = namedtuple("M", "start end text candidates")
 

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from kvi_engine.capsules import Entity
+from kvi_engine.capsules.capsule import Entity
+from kvi_engine.capsules.statements import anchor_statement
 from kvi_engine.kpr.builder import build_knowledge, build_linker, collect_contexts, surface_forms
 from kvi_engine.kpr.table import EntityTable
-from kvi_engine.kpr.testing import HashEncoder
-from kvi_engine.statements import anchor_statement
+from kvi_engine.testing.kpr import HashEncoder
 
 ENTITIES = [Entity("Kesul Bomive", "person", ("the Ashen Lantern",)), Entity("Kanolmoor", "town"),
             Entity("Sami Observatory Trust", "organisation", ("SOTV",)), Entity("Velina Morrow", "person"),

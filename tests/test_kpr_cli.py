@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from kvi_engine.kpr.cli import main
+from kvi_engine.cli.main import main
 from kvi_engine.kpr.make_dataset import generate, write
 from kvi_engine.kpr.table import EntityTable
-from kvi_engine.kpr.testing import tiny_base
+from kvi_engine.testing.kpr import tiny_base
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from kvi_engine.capsules import Entity
+from kvi_engine.capsules.capsule import Entity
 from kvi_engine.kpr import EntityTable, EntityTableError, KPREncoder, KPRModel, KPRTokenizer
 from kvi_engine.kpr.builder import build_knowledge
 from kvi_engine.kpr.hub import save_kpr
 from kvi_engine.kpr.table import LINKER_FILE, TABLE_FILE, VOCAB_FILE
-from kvi_engine.kpr.testing import HashEncoder, tiny_base
+from kvi_engine.testing.kpr import HashEncoder, tiny_base
 
 ENTITIES = [Entity("Kesul Bomive", "person", ("the Ashen Lantern",)), Entity("Kanolmoor", "town"),
             Entity("Café Zürich", "restaurant"), Entity("Oriel Dask", "person", ("Dask",)),
@@ -172,7 +172,7 @@ def test_kpr_encoder_is_a_drop_in_dense_retriever(kpr_dir):
 
 
 def test_kpr_encoder_as_the_drm_embedding_scorer(kpr_dir):
-    from kvi_engine.capsules import Capsule
+    from kvi_engine.capsules.capsule import Capsule
     from kvi_engine.retrieval.drm import DRMConfig, DRMScorer
 
     enc = KPREncoder(kpr_dir)

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from kvi_engine import KVBank
-from kvi_engine.capsules import load_capsules, load_entities
-from kvi_engine.cli import main
-from kvi_engine.eval.cli import build_assets_for_eval
-from kvi_engine.graph import KnowledgeGraph
-from kvi_engine.ingest import SentenceStore, sample_dir, save_assets
-from kvi_engine.models import tiny_model, tiny_tokenizer
-from kvi_engine.statements import anchor_capsule
+from kvi_engine.capsules.capsule import load_capsules, load_entities
+from kvi_engine.capsules.statements import anchor_capsule
+from kvi_engine.cli.main import main
+from kvi_engine.graph.knowledge_graph import KnowledgeGraph
+from kvi_engine.ingest import SentenceStore, save_assets
+from kvi_engine.ingest.assets import assets_from_documents
+from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
+from kvi_engine.utils.paths import sample_dir
 
 D = sample_dir()
 PLANTED = [
@@ -76,6 +77,6 @@ def test_planted_answers_reach_neither_assets_nor_banks(out):
 
 
 def test_assets_do_not_depend_on_the_dataset(out, tmp_path):
-    save_assets(build_assets_for_eval([D / "docs.jsonl"], D / "entities.jsonl"), tmp_path)
+    save_assets(assets_from_documents([D / "docs.jsonl"], D / "entities.jsonl"), tmp_path)
     for name in ("sentences", "capsules", "entities"):
         assert (tmp_path / f"{name}.jsonl").read_bytes() == (out / "assets" / f"{name}.jsonl").read_bytes(), name

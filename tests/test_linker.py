@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 
 import kvi_engine as kvi
-from kvi_engine import normalize_twin as nt
-from kvi_engine.capsules import Entity
-from kvi_engine.graph import FileFormatError
-from kvi_engine.linker import EntityLinker, Mention
+from kvi_engine.capsules.capsule import Entity
+from kvi_engine.formats.container import FormatError
+from kvi_engine.graph import normalize as nt
+from kvi_engine.graph.linker import EntityLinker, Mention
 
 BACKENDS = ["cpp", "reference"]
 
@@ -116,7 +116,7 @@ def test_from_entities_save_load(backend, tmp_path):
     g = kvi.KnowledgeGraph.from_capsules([], ents)
     assert EntityLinker.from_graph(g, backend=backend).link(texts) == l.link(texts)
     (tmp_path / "bad").write_bytes(b"KVISECT\0" + b"\xff" * 40)
-    with pytest.raises(FileFormatError):
+    with pytest.raises(FormatError):
         EntityLinker.load(tmp_path / "bad", backend=backend)
 
 

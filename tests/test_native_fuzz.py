@@ -1,15 +1,16 @@
 """Bad input never crashes the native core: damaged graph/linker files and random linker rows raise clean
-errors (FileFormatError / ValueError / TypeError) or, where the damage is harmless, load into something usable.
+errors (FormatError / ValueError / TypeError) or, where the damage is harmless, load into something usable.
 Several thousand cases; run under the ASan/UBSan build (KVI_SANITIZE=1) as well."""
 import msgpack
 import numpy as np
 import pytest
 
 from kvi_engine import _core
-from kvi_engine.capsules import Capsule, Entity
-from kvi_engine.graph import _PREFIX, FileFormatError, KnowledgeGraph, read_sections, write_sections
-from kvi_engine.linker import EntityLinker
-from kvi_engine.normalize_twin import native_normalizer
+from kvi_engine.capsules.capsule import Capsule, Entity
+from kvi_engine.formats.container import _PREAMBLE, MAGIC, Container, FormatError, write_container
+from kvi_engine.graph.knowledge_graph import KnowledgeGraph
+from kvi_engine.graph.linker import EntityLinker
+from kvi_engine.graph.normalize import native_normalizer
 
 CAPS = [Capsule(f"e{i % 7}", f"r{i % 3}", f"e{(i * 5 + 1) % 9}", f"s{i % 4}", f"sentence {i % 4}") for i in range(30)]
 ENTS = [Entity("e0", "thing", ("zero", "nil")), Entity("e1", "", ("one",))]
@@ -28,7 +29,7 @@ def load_or_reject(path, **kw):
         g = KnowledgeGraph.load(path, **kw)
         exercise(g)
         return True
-    except FileFormatError:
+    except FormatError:
         return False
 
 
@@ -57,7 +58,7 @@ def test_truncated_flipped_and_random_graph_files(saved, tmp_path, backend):
         else:
             data = rng.bytes(int(rng.integers(0, 600)))
             if case % 2:
-                data = good[:_PREFIX.size] + data
+                data = good[:_PREAMBLE.size] + data
         path.write_bytes(data)
         # verify=False lets corrupted arrays past the checksums, into the structural checks of the core
         accepted += load_or_reject(tmp_path, backend=backend, verify=bool(case % 5 == 0))
@@ -66,7 +67,8 @@ def test_truncated_flipped_and_random_graph_files(saved, tmp_path, backend):
 
 def test_consistent_checksums_inconsistent_graph(saved, tmp_path):
     d, _ = saved
-    meta, arrays = read_sections(d / "graph.kvig", "kvi-graph", 1)
+    c = Container(d / "graph.kvig", "kvi-graph")
+    meta, arrays = c.meta, {n: c.array(n) for n in c.sections}
     arrays = {k: np.array(v) for k, v in arrays.items()}
     rng = np.random.default_rng(1)
     names = sorted(arrays)
@@ -88,16 +90,16 @@ def test_consistent_checksums_inconsistent_graph(saved, tmp_path):
         m = dict(meta)
         if case % 11 == 0:
             m["num_triples"] = int(rng.integers(-1, 100))
-        write_sections(tmp_path / "graph.kvig", "kvi-graph", 1, m, bad)
+        write_container(tmp_path / "graph.kvig", "kvi-graph", 1, m, bad)
         rejected += not load_or_reject(tmp_path, backend=["cpp", "reference"][case % 2])
     assert rejected > 500
 
 
 def test_forged_headers(saved, tmp_path):
     d, good = saved
-    _, _, hlen, _, _ = _PREFIX.unpack(good[:_PREFIX.size])
-    header = msgpack.unpackb(good[_PREFIX.size:_PREFIX.size + hlen])
-    body = good[_PREFIX.size + hlen:]
+    _, _, _, hoff, hlen, _ = _PREAMBLE.unpack(good[:_PREAMBLE.size])
+    header = msgpack.unpackb(good[hoff:hoff + hlen])
+    body = good[_PREAMBLE.size:hoff]
     rng = np.random.default_rng(2)
     import zlib
     junk = [None, -1, 2**40, "x", [], {}, [2**62, 2**62], 1.5, True]
@@ -105,12 +107,19 @@ def test_forged_headers(saved, tmp_path):
         h = msgpack.unpackb(msgpack.packb(header))
         field = rng.integers(5)
         if field == 0:
-            h[["kind", "version", "meta", "sections"][case % 4]] = junk[case % len(junk)]
+            h[["kind", "version", "num_entities", "sections"][case % 4]] = junk[case % len(junk)]
         else:
-            s = h["sections"][rng.integers(len(h["sections"]))]
-            s[["name", "dtype", "shape", "offset", "nbytes", "crc32"][case % 6]] = junk[rng.integers(len(junk))]
+            name = list(h["sections"])[rng.integers(len(h["sections"]))]
+            key = ["name", "dtype", "shape", "offset", "nbytes", "crc32"][case % 6]
+            if key == "name":  # a forged section name (keys of the header's section map)
+                bad = junk[rng.integers(len(junk))]
+                h["sections"][bad if isinstance(bad, (str, int, float, bool, type(None))) else str(bad)] = \
+                    h["sections"].pop(name)
+            else:
+                h["sections"][name][key] = junk[rng.integers(len(junk))]
         raw = msgpack.packb(h)
-        (tmp_path / "graph.kvig").write_bytes(_PREFIX.pack(b"KVISECT\0", 1, len(raw), zlib.crc32(raw), 0) + raw + body)
+        preamble = _PREAMBLE.pack(MAGIC, 2, 0, _PREAMBLE.size + len(body), len(raw), zlib.crc32(raw))
+        (tmp_path / "graph.kvig").write_bytes(preamble + body + raw)
         load_or_reject(tmp_path, verify=bool(case % 2))
 
 
@@ -159,5 +168,5 @@ def test_random_linker_rows_and_files(tmp_path):
         (tmp_path / "x.kvil").write_bytes(bytes(data))
         try:
             EntityLinker.load(tmp_path / "x.kvil", backend=["cpp", "reference"][case % 2])
-        except FileFormatError:
+        except FormatError:
             pass

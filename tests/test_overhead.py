@@ -2,19 +2,15 @@
 `kvi bench overhead --tiny` writes the JSON/CSV/PNG with every cell of the grid."""
 import csv
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from kvi_engine import compile_bank
-from kvi_engine.cli import main
-from kvi_engine.models import tiny_model, tiny_tokenizer
-from kvi_engine.overhead import synthetic_capsules
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import bench_overhead as bo  # noqa: E402
+from kvi_engine.benchmarks import overhead as bo
+from kvi_engine.benchmarks.ttft import synthetic_capsules
+from kvi_engine.cli.main import main
+from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,8 @@
 from conftest import model, tokenizer
 
 from kvi_engine import compile_bank
-from kvi_engine.overhead import format_table, measure_ttft, synthetic_capsules, write_results
+from kvi_engine.benchmarks.results import format_table, write
+from kvi_engine.benchmarks.ttft import measure_ttft, synthetic_capsules
 
 
 def test_measure_ttft_rows_and_results(tmp_path):
@@ -18,7 +19,7 @@ def test_measure_ttft_rows_and_results(tmp_path):
     assert rows[1].prompt_tokens == len(prompt) and prompt[:1] == bank.prefix_token_ids
     assert rows[0].ratio_to_llm == 1.0 and all(r.ttft_ms >= r.ttft_ms_min > 0 for r in rows)
     assert rows[0].ratio_paired == 1.0 and all(r.ratio_paired > 0 for r in rows)
-    write_results(rows, tmp_path / "res" / "ttft", note="test")
+    write(tmp_path / "res" / "ttft", "ttft", rows, note="test")
     assert (tmp_path / "res" / "ttft.csv").read_text().splitlines()[0].startswith("method,capsules")
     assert "ratio_to_llm" in format_table(rows, ["method", "ratio_to_llm"])
     assert m.config._attn_implementation == "sdpa"  # the timed KVI runs leave no patch behind

@@ -4,14 +4,17 @@ import pytest
 import torch
 
 from kvi_engine import KVIEngine
-from kvi_engine.capsules import load_entities
-from kvi_engine.engine import Generation
-from kvi_engine.ingest import build_assets, load_documents, sample_dir
-from kvi_engine.methods import METHODS, method, parse_methods
-from kvi_engine.models import tiny_model, tiny_tokenizer
-from kvi_engine.pipeline import Knowledge, QueryPipeline, build_knowledge, make_encoder, postprocess
-from kvi_engine.statements import render_statement
-from kvi_engine.retrieval import NO_ENTITY
+from kvi_engine.capsules.capsule import load_entities
+from kvi_engine.capsules.statements import render_statement
+from kvi_engine.generate.engine import Generation
+from kvi_engine.ingest import build_assets, load_documents
+from kvi_engine.query.knowledge import Knowledge, build_knowledge
+from kvi_engine.query.methods import METHODS, method, parse_methods
+from kvi_engine.query.pipeline import QueryPipeline
+from kvi_engine.query.trace import postprocess
+from kvi_engine.retrieval import NO_ENTITY, make_encoder
+from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
+from kvi_engine.utils.paths import sample_dir
 
 D = sample_dir()
 TWO_HOP = "Who founded the company that produces Velotrex?"
@@ -38,7 +41,8 @@ def pipe(tmp_path_factory):
 
 def test_engine_answer_traces_and_no_entity_fallback(pipe):
     engine = KVIEngine(pipe.model, pipe.tokenizer, pipe.knowledge.bank)
-    kvi, none = engine.answer([TWO_HOP, NONE], max_new_tokens=4)  # default pipeline: graph rebuilt from the bank
+    # the pipeline over an engine: graph rebuilt from the bank's own capsule records
+    kvi, none = QueryPipeline.from_engine(engine).answer([TWO_HOP, NONE], max_new_tokens=4)
     t = kvi.trace
     assert t.method == "KVI" and t.entities == ["Velotrex"] and t.fallback is None and t.bank == "capsules"
     hops = {(x["subject"], x["relation"], x["object"]): x["hop"] for x in t.triples}
@@ -112,9 +116,9 @@ def test_bad_input(pipe):
 
 def test_kpr_retriever_drives_dense_retrieval_and_drm(pipe, tmp_path):
     """`--retriever kpr:DIR`: a (tiny, untrained) KPR model replaces MiniLM in RAG/KV Prefix and in DRM."""
-    from kvi_engine.kpr.cli import main as kpr
+    from kvi_engine.cli.main import main as kpr
     from kvi_engine.kpr.make_dataset import generate, write
-    from kvi_engine.kpr.testing import tiny_base
+    from kvi_engine.testing.kpr import tiny_base
 
     write(tmp_path / "data", generate(3, n_people=24, n_orgs=6, n_places=5))
     assert kpr(["kpr", "build", "--base", str(tiny_base(tmp_path / "base")), "--entities",

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kvi_engine.plan import build_plan
+from kvi_engine.plan.plan import build_plan
 
 
 class FakeBank:
@@ -61,9 +61,11 @@ def test_build_plan_matches_definition(layout, masks):
     assert torch.equal(plan.valid, valid)
     assert torch.equal(plan.token_index[valid], tok[valid]) and torch.equal(plan.positions[valid], pos[valid])
     assert plan.prompt_offset.tolist() == offsets
-    assert plan.capsule_pos.tolist() == cpos
-    assert plan.capsule_indices.tolist() == [c for row in rows for c in row]
-    assert plan.capsule_indptr.tolist() == [0] + torch.tensor([len(r) for r in rows]).cumsum(0).tolist()
+    assert plan.capsule_ids == rows
+    # each capsule starts at its position of the definition: the position of its first slot
+    firsts = [int(plan.positions[r, slot]) for r, row in enumerate(rows)
+              for slot in (torch.tensor([0] + [int(bank.ranges[c, 1]) for c in row]).cumsum(0)[:-1].tolist())]
+    assert firsts == cpos
     if masks:
         assert torch.equal(plan.layer_valid & valid, lvalid & valid)
     else:

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from kvi_engine.capsules import load_capsules, load_entities
-from kvi_engine.ingest import load_documents, sample_dir, sentence_store_from_documents
-from kvi_engine.statements import DEFAULT_TEMPLATES
+from kvi_engine.capsules.capsule import load_capsules, load_entities
+from kvi_engine.capsules.statements import DEFAULT_TEMPLATES
+from kvi_engine.ingest import load_documents, sentence_store_from_documents
+from kvi_engine.utils.paths import sample_dir
 
 SAMPLE = sample_dir()
 

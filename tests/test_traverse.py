@@ -5,7 +5,7 @@ import networkx as nx
 import numpy as np
 import pytest
 
-from kvi_engine.graph import KnowledgeGraph
+from kvi_engine.graph.knowledge_graph import KnowledgeGraph
 
 
 def random_graph(seed: int, n: int, t: int, r: int, backend: str) -> KnowledgeGraph:

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvi_engine.jsonl import read_jsonl
+from kvi_engine.utils.jsonl import read_jsonl
 
 ALLOWED_FIELDS = ("id", "question", "answers", "hops", "support", "lang")
 

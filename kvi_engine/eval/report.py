@@ -15,10 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from kvi_engine.atomic import atomic_open, atomic_write_bytes
 from kvi_engine.eval.dataset import QAItem
 from kvi_engine.eval.metrics import METRICS, score
 from kvi_engine.eval.stats import bootstrap_ci, paired_permutation_test
+from kvi_engine.utils.atomic import atomic_open, atomic_write_bytes
 
 REPORT_VERSION = 1
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvi_engine.ingest.sentences import Sentence, document_sentences
-from kvi_engine.jsonl import read_jsonl
+from kvi_engine.utils.jsonl import read_jsonl
 
 DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl", ".pdf")
 _JSONL_KEYS = {"id", "text", "title"}

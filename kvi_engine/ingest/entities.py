@@ -11,7 +11,7 @@ import re
 import unicodedata
 from typing import Iterable
 
-from kvi_engine.capsules import Capsule, Entity
+from kvi_engine.capsules.capsule import Capsule, Entity
 
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
 _EDGE_PUNCT = re.compile(r"^[\s\"'“”‘’(\[「『《]+|[\s\"'“”‘’)\]」』》.,;:!?。，、；：！？]+$")

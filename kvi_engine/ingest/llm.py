@@ -13,10 +13,10 @@ from typing import Iterable, Sequence
 
 import torch
 
-from kvi_engine.capsules import Capsule, Entity
+from kvi_engine.capsules.capsule import Capsule, Entity
+from kvi_engine.capsules.statements import DEFAULT_TEMPLATES
 from kvi_engine.ingest.entities import AliasTable, canonicalize_capsules, normalize
 from kvi_engine.ingest.sentences import Sentence
-from kvi_engine.statements import DEFAULT_TEMPLATES
 
 PROMPT = (
     "Extract the facts stated in the sentence as a JSON array. Each item is "

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Iterable
 
-from kvi_engine.capsules import Capsule, Entity
+from kvi_engine.capsules.capsule import Capsule, Entity
+from kvi_engine.capsules.statements import DEFAULT_TEMPLATES
 from kvi_engine.ingest.entities import AliasTable, canonicalize_capsules, normalize
 from kvi_engine.ingest.sentences import Sentence
-from kvi_engine.statements import DEFAULT_TEMPLATES
 
 # Active-voice phrasings of passive templates: phrase -> (relation, arguments swapped)
 ACTIVE_PATTERNS: dict[str, tuple[str, bool]] = {

@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from kvi_engine.atomic import atomic_write_bytes
 from kvi_engine.ingest.documents import Document
 from kvi_engine.ingest.sentences import Sentence
+from kvi_engine.utils.atomic import atomic_write_bytes
 
 FORMAT = "kvi-sentences"
 VERSION = 1

@@ -20,10 +20,10 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from kvi_engine.atomic import atomic_open, atomic_write_bytes, fsync_dir
-from kvi_engine.capsules import Entity
+from kvi_engine.capsules.capsule import Entity
+from kvi_engine.capsules.statements import anchor_statement
 from kvi_engine.kpr.table import LINKER_FILE, TABLE_FILE, VOCAB_FILE, EntityTable, TableMeta, write_vocab
-from kvi_engine.statements import anchor_statement
+from kvi_engine.utils.atomic import atomic_open, atomic_write_bytes, fsync_dir
 
 CONTEXT_MIN_PRIOR = 0.5
 STATE_DIR = ".kpr_build"
@@ -57,7 +57,7 @@ def surface_forms(entities: Sequence[Entity]) -> tuple[list[str], np.ndarray]:
 
 
 def build_linker(entities: Sequence[Entity]):
-    from kvi_engine.linker import EntityLinker
+    from kvi_engine.graph.linker import EntityLinker
 
     return EntityLinker.build(*surface_forms(entities))
 

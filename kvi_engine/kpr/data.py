@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kvi_engine.jsonl import read_jsonl
+from kvi_engine.utils.jsonl import read_jsonl
 
 
 def _rows(path: str | os.PathLike, required: dict[str, type]):

@@ -1,13 +1,13 @@
 """Recall@k of dense retrievers on a retrieval set (exact inner-product search over L2-normalised vectors)."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from kvi_engine.atomic import atomic_write_bytes
+from kvi_engine.benchmarks import results as bench_results
+from kvi_engine.utils.atomic import atomic_write_bytes
 
 KS = (1, 5, 20)
 
@@ -57,7 +57,8 @@ def format_table(results: dict, ks=KS) -> str:
 
 
 def write_report(results: dict, out_prefix: str | os.PathLike, meta: dict | None = None, ks=KS) -> list[Path]:
-    """``<prefix>.json`` and ``<prefix>.png`` (grouped bars: recall@k per retriever and subset)."""
+    """``<prefix>.json`` / ``.csv`` in the benchmark result schema (a row per retriever and subset; the nested
+    ``results`` beside them) and ``<prefix>.png`` (grouped bars: recall@k per retriever and subset)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,7 +66,9 @@ def write_report(results: dict, out_prefix: str | os.PathLike, meta: dict | None
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     jpath, ppath = out_prefix.with_suffix(".json"), out_prefix.with_suffix(".png")
-    atomic_write_bytes(jpath, (json.dumps({"meta": meta or {}, "results": results}, indent=2) + "\n").encode())
+    rows = [{"retriever": name, "subset": subset, **r} for name, by_subset in results.items()
+            for subset, r in by_subset.items()]
+    bench_results.write(out_prefix, "kpr-eval", rows, meta or {}, results=results)
     subsets = list(next(iter(results.values())))
     fig, axes = plt.subplots(1, len(subsets), figsize=(4.2 * len(subsets), 3.6), sharey=True)
     axes = np.atleast_1d(axes)

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from kvi_engine.atomic import atomic_open, atomic_write_bytes
+from kvi_engine.utils.atomic import atomic_open, atomic_write_bytes
 
 REMOTE_CODE = {
     "configuration_kpr.py": "from kvi_engine.kpr.config import KPRConfig  # noqa: F401\n",

@@ -20,7 +20,8 @@ import random
 import re
 from pathlib import Path
 
-from kvi_engine.atomic import atomic_open
+from kvi_engine.utils.atomic import atomic_open
+from kvi_engine.utils.paths import kpr_data_dir
 
 SYL = ["ve", "li", "na", "mor", "ka", "tel", "sa", "dri", "on", "bra", "ni", "ul", "fen", "ta", "zo", "re", "mi",
        "gar", "lo", "dru", "vin", "esh", "qua", "ris", "tor", "bel", "cy", "hal", "ost", "ury", "pel", "ad", "kes",
@@ -167,7 +168,7 @@ def write(out: str | Path, data: dict[str, list[dict]]) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "data" / "kpr"))
+    ap.add_argument("--out", default=str(kpr_data_dir()))
     ap.add_argument("--seed", type=int, default=7)
     args = ap.parse_args(argv)
     data = generate(args.seed)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kvi_engine.atomic import atomic_open
+from kvi_engine.utils.atomic import atomic_open
 
 VOCAB_FILE = "entity_vocab.jsonl"
 TABLE_FILE = "entity_table.npy"

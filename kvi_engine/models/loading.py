@@ -1,0 +1,87 @@
+"""Model loading: real Hugging Face models by hub name or local directory, with an offline-aware fallback.
+
+A hub name is resolved from the local cache only when the hub cannot be reached: reachability is probed once per
+process with a 2 s TCP connect (``HF_HUB_OFFLINE=1`` skips the probe), so a machine without network falls back in
+about that time instead of spending ~50 s in per-file retries. A model the user named is never replaced by the
+fallback: its load error is raised.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
+PROBE_TIMEOUT_S = 2.0
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the Hugging Face hub (``HF_ENDPOINT``) accepts a TCP connection within ``timeout`` seconds (DNS
+    included: resolution runs in a daemon thread, so a hanging resolver cannot block the caller)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    ok = threading.Event()
+
+    def probe():
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                ok.set()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return ok.is_set()
+
+
+def _pretrained(name: str, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    local = Path(name).expanduser().is_dir()
+    offline = {} if local or hub_reachable() else {"local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(name, **offline)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype or "auto", attn_implementation="sdpa", **offline)
+    return model, tokenizer
+
+
+def fallback_model(device: str = "cpu"):
+    """The model used when no real one can be loaded: a tiny random Qwen2 (its answers are noise)."""
+    from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer(vocab_size=2048)
+    return tiny_model("qwen2", tokenizer, hidden=256, layers=4, heads=8, kv_heads=2).to(device), tokenizer
+
+
+def load_model(name: str | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu",
+               allow_fallback: bool = True):
+    """Load ``name`` (hub name or local dir). With no name, load :data:`DEFAULT_MODEL`; if that cannot be loaded
+    (no network and not cached) and ``allow_fallback``, return :func:`fallback_model` instead and say so loudly on
+    stderr. Returns ``(model, tokenizer, is_fallback)``."""
+    allow_fallback = allow_fallback and name is None
+    name = name or DEFAULT_MODEL
+    try:
+        model, tokenizer = _pretrained(name, dtype)
+    except Exception as e:  # noqa: BLE001 -- any load failure (offline, missing dir) leads to the same choice
+        if not allow_fallback:
+            raise
+        banner = "!" * 78
+        why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
+        print(f"{banner}\n!! could not load {name!r}: {why}\n"
+              f"!! FALLING BACK TO A TINY RANDOM Qwen2 MODEL: timings are real, answers are noise.\n"
+              f"!! Pass --model /path/to/a/local/model for meaningful output.\n{banner}", file=sys.stderr)
+        model, tokenizer = fallback_model(device)
+        return model, tokenizer, True
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model.to(device).eval(), tokenizer, False

@@ -1,0 +1,67 @@
+"""Op ``slot_gather``: the unfused path's injected KV -- a plan's tokens gathered from the bank, dequantised and
+rotated to their slots, ``[batch, kv_heads, prefix + slots, head_dim]``, kept in the plan's cache so decode steps
+reuse it. Two implementations: the PyTorch twin (any dtype and device) and one fused C++ pass (float32 on the CPU),
+bit-identical on visible slots.
+"""
+from __future__ import annotations
+
+import torch
+
+from kvi_engine import dispatch
+from kvi_engine.models import rope
+from kvi_engine.plan.tables import native_args
+
+OP = "slot_gather"
+
+
+def _cos_sin(plan, model, dtype, device):
+    def build():
+        pre = torch.arange(plan.prefix_len).expand(plan.batch_size, -1)
+        return rope.cos_sin(model, torch.cat([pre, plan.positions], dim=1).to(device), dtype)
+    return plan.cached(("cos_sin", dtype, str(device)), build)
+
+
+def gather_reference(plan, layer: int, model, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    B = plan.token_index.shape[0]
+    # Only the plan's tokens are read (and dequantised, for quantised banks): [B, S, kv_heads, head_dim].
+    k, v = plan.bank.gather_kv(layer, plan.token_index)
+    if plan.prefix_len:
+        pk, pv = plan.bank.prefix_kv(layer)
+        k = torch.cat([pk.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1), k], dim=1)
+        v = torch.cat([pv.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1), v], dim=1)
+    k = k.to(device=device, dtype=dtype).transpose(1, 2)
+    v = v.to(device=device, dtype=dtype).transpose(1, 2).contiguous()
+    cos, sin = _cos_sin(plan, model, dtype, device)
+    return rope.apply_rope(k, cos, sin).contiguous(), v
+
+
+def gather_cpp(plan, layer: int, model, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One C++ pass over the plan's tokens (float32, CPU), bit-identical to :func:`gather_reference` on visible
+    slots; slots masked at ``layer`` hold zeros (attention never reads them)."""
+    from kvi_engine import _core
+
+    if not (dtype == torch.float32 and dispatch.device_type(device) == "cpu"):
+        raise dispatch.BackendUnavailable(f"the C++ slot gather writes float32 on the CPU, not {dtype} on {device}")
+    shape = plan.bank.shape
+    k = torch.zeros(plan.batch_size, shape.num_kv_heads, plan.num_slots, shape.head_dim)
+    v = torch.zeros_like(k)
+    for args in native_args(plan, layer, torch.float32):
+        _core.prefix_gather(out_k=k.numpy(), out_v=v.numpy(), num_threads=torch.get_num_threads(), **args)
+    return k, v
+
+
+def injected_kv(plan, layer: int, model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                torch.Tensor]:
+    """Injected keys (rotated to their slots) and values ``[batch, kv_heads, prefix + slots, head_dim]`` and the
+    visibility mask ``[batch, prefix + slots]`` at ``layer``, gathered once per (layer, dtype, device)."""
+    def build():
+        prefer = None if dtype == torch.float32 else "reference"  # the C++ pass writes float32 only
+        _, gather = dispatch.select(OP, device=device, prefer=prefer)
+        k, v = gather(plan, layer, model, dtype, device)
+        return k, v, plan.slot_valid(layer).to(device)
+    return plan.cached((layer, dtype, str(device)), build)
+
+
+dispatch.register(OP, "reference", gather_reference, devices=dispatch.ANY)
+dispatch.register(OP, "cpp", gather_cpp, devices=("cpu",), available=lambda: dispatch.core_has("prefix_gather"),
+                  why_not="kvi_engine._core lacks prefix_gather (rebuild the extension)")
