@@ -11,7 +11,7 @@ import sys
 from glob import glob
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext, has_flag
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 compile_args = ["-O3", "-fvisibility=hidden"]
 link_args = []
@@ -46,9 +46,12 @@ ext = Pybind11Extension(
 )
 
 setup(
-    packages=find_packages(include=["kvi_engine", "kvi_engine.*"]) + ["kvi_engine.kernels"],
+    # Namespace packages: the data folders (kvi_engine/data/*) are packages of their own, so setuptools neither
+    # warns about importable folders missing from `packages` nor drops their files.
+    packages=find_namespace_packages(include=["kvi_engine", "kvi_engine.*"], exclude=["*.__pycache__"])
+    + ["kvi_engine.kernels"],
     package_dir={"kvi_engine.kernels": "kernels"},
-    package_data={"kvi_engine": ["data/**/*", "_core.pyi", "py.typed"]},
+    package_data={"": ["*.jsonl", "*.json", "*.md", "*.txt", "*.safetensors"], "kvi_engine": ["_core.pyi", "py.typed"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},
     zip_safe=False,

@@ -15,7 +15,10 @@ if [ "$(cat "$KVI_VENV/.kvi-build" 2>/dev/null)" != "$want" ]; then
     "$PY" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel "pybind11>=2.12"
     # torch first and exact: a later unpinned requirement then finds it satisfied instead of pulling CUDA wheels.
     "$PY" -m pip install -q --disable-pip-version-check "torch==2.13.0" numpy
-    "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench,retrieval,triton]"
+    # An editable install through setuptools' meta path finder (it keeps the top-level kernels/ folder off sys.path:
+    # Hugging Face owns that import name); setuptools warns about that mode on every install, nothing to act on.
+    PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" \
+        "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench,triton]"
     echo "$want" > "$KVI_VENV/.kvi-build"
 fi
 export PATH="$KVI_VENV/bin:$PATH"

@@ -12,7 +12,6 @@ import tempfile
 
 import pytest
 import torch
-from conftest import CAPSULES, ENTITIES, tokenizer
 
 from kvi_engine import _core, dispatch
 from kvi_engine.attention import cpp as attention_cpp
@@ -25,6 +24,7 @@ from kvi_engine.compile.compiler import add_capsules, compile_bank
 from kvi_engine.plan import gather
 from kvi_engine.plan.plan import build_plan
 from kvi_engine.plan.tables import rope_table, slot_tables
+from kvi_engine.testing.helpers import CAPSULES, ENTITIES, assert_close, tokenizer
 from kvi_engine.testing.tiny import tiny_model
 
 SCHEMES = ["fp32", "fp16", "bf16", "int8", "int4", "int2", "fp8", "int8:channel", "int4:g8:channel"]
@@ -88,18 +88,6 @@ def rows(bank, batch, seed=0, long=True):
         perm = torch.randperm(len(ids), generator=g).tolist()
         out.append([ids[i] for i in perm])
     return out
-
-
-def assert_close(got, want, atol, what):
-    """allclose that says where and by how much the worst element differs."""
-    got, want = got.float(), want.float()
-    both_inf = torch.isinf(got) & torch.isinf(want) & (got.sign() == want.sign())
-    diff = torch.where(both_inf, 0.0, (got - want).abs()).nan_to_num(float("inf"))
-    if diff.max() > atol:
-        idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
-        raise AssertionError(f"{what}: {int((diff > atol).sum())} of {diff.numel()} elements differ by more than "
-                             f"{atol}; worst {diff.max().item():.3g} at {idx}: got {got[idx].item():.6g}, "
-                             f"want {want[idx].item():.6g}")
 
 
 @pytest.fixture(autouse=True)

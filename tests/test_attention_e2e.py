@@ -8,12 +8,12 @@ import tempfile
 
 import pytest
 import torch
-from conftest import CAPSULES, ENTITIES, model, tokenizer
 
 from kvi_engine import _core, dispatch
 from kvi_engine.compile.compiler import compile_bank
 from kvi_engine.generate.engine import KVIEngine
 from kvi_engine.generate.inject import inject
+from kvi_engine.testing.helpers import CAPSULES, ENTITIES, model, tokenizer
 
 _ROOT = tempfile.mkdtemp(prefix="kvi-e2e-")
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)

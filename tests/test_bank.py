@@ -1,7 +1,6 @@
 """KV bank v1: round trip, batched compile, storage formats, integrity and refusal errors."""
 import pytest
 import torch
-from conftest import CAPSULES, ENTITIES, model, tokenizer
 
 from kvi_engine.bank.bank import KVBank
 from kvi_engine.capsules.statements import render_statement
@@ -9,6 +8,7 @@ from kvi_engine.compile.capture import capture_kv
 from kvi_engine.compile.compiler import compile_bank
 from kvi_engine.formats.container import BankFormatError
 from kvi_engine.models.rope import UnsupportedRoPE
+from kvi_engine.testing.helpers import CAPSULES, ENTITIES, model, tokenizer
 from kvi_engine.testing.tiny import tiny_model
 
 

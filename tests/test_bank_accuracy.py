@@ -3,10 +3,10 @@ import math
 
 import pytest
 import torch
-from conftest import CAPSULES, model, tokenizer
 
 from kvi_engine.compile.compiler import compile_bank
 from kvi_engine.eval.bank_accuracy import evaluate, noise_label, perturbed_bank, wilson
+from kvi_engine.testing.helpers import CAPSULES, model, tokenizer
 
 PROMPTS = ["Which disease does SFTSV cause?", "Where is Oslo?", "Who was born in Oslo and when?"]
 

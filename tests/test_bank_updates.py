@@ -3,7 +3,6 @@ ids, snapshots that survive later updates, and every state equal to compiling it
 import numpy as np
 import pytest
 import torch
-from conftest import CAPSULES, ENTITIES, model, tokenizer
 
 from kvi_engine.bank import updates as bank_updates
 from kvi_engine.bank.bank import KVBank
@@ -13,6 +12,7 @@ from kvi_engine.formats.container import BankFormatError
 from kvi_engine.generate.inject import inject
 from kvi_engine.models.fingerprint import FingerprintMismatch
 from kvi_engine.plan.plan import build_plan
+from kvi_engine.testing.helpers import CAPSULES, ENTITIES, model, tokenizer
 from kvi_engine.testing.synth_bank import create_tagged_bank, tagged_capsules, tagged_kv
 
 NEW = [Capsule("Oslo", "capital_of", "Norway"), Capsule("Mira Vance", "born_in", "Oslo")]

@@ -3,10 +3,10 @@ import json
 
 import pytest
 import torch
-from conftest import CAPSULES, ENTITIES, model, tokenizer
 
 from kvi_engine import compile_bank, save_capsules, save_entities
 from kvi_engine.cli import main as cli
+from kvi_engine.testing.helpers import CAPSULES, ENTITIES, model, tokenizer
 
 
 @pytest.fixture()

@@ -1,12 +1,12 @@
 """Injection exactness against plain HF forward passes (the contract in DESIGN.md)."""
 import pytest
 import torch
-from conftest import CAPSULES, ENTITIES, eager_logits, model, tokenizer
 
 from kvi_engine.compile.compiler import compile_bank
 from kvi_engine.generate.engine import KVIEngine
 from kvi_engine.generate.inject import inject
 from kvi_engine.models.fingerprint import FingerprintMismatch
+from kvi_engine.testing.helpers import CAPSULES, ENTITIES, eager_logits, model, tokenizer
 
 TOL = 1e-4
 

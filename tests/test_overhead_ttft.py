@@ -1,9 +1,9 @@
 """TTFT harness: every method runs on the same prompt; RAG carries exactly the tokens KVI injects."""
-from conftest import model, tokenizer
 
 from kvi_engine import compile_bank
 from kvi_engine.benchmarks.results import format_table, write
 from kvi_engine.benchmarks.ttft import measure_ttft, synthetic_capsules
+from kvi_engine.testing.helpers import model, tokenizer
 
 
 def test_measure_ttft_rows_and_results(tmp_path):

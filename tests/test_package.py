@@ -134,9 +134,10 @@ def test_import_without_gpu_and_kernels_namespace(tmp_path):
     # Hugging Face owns the top-level name `kernels` (transformers imports it when present): the installed package
     # must never provide it. Looked up from a directory outside the checkout (the checkout itself is on sys.path of
     # anything started in it) and in the installed file list.
-    code = "import importlib.util as u; s = u.find_spec('kernels'); print(s.origin if s else '')"
-    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
-                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, check=True).stdout.strip()
+    code = ("import importlib.metadata as m, importlib.util as u; s = u.find_spec('kernels');"
+            "print(s.origin if s else ''); print([str(f) for f in m.files('kvi-engine') or [] if f.parts[0] == 'kernels'])")
+    found, listed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                                   env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                                   check=True).stdout.rstrip("\n").split("\n")
     assert not found or not Path(found).resolve().is_relative_to(KERNELS), f"top-level kernels resolves to {found}"
-    files = importlib.metadata.files("kvi-engine") or []
-    assert not [f for f in files if f.parts and f.parts[0] == "kernels"], "a top-level kernels/ is installed"
+    assert listed == "[]", f"the installed files include a top-level kernels/: {listed}"

@@ -8,11 +8,12 @@ from kvi_engine.capsules.capsule import load_entities
 from kvi_engine.capsules.statements import render_statement
 from kvi_engine.generate.engine import Generation
 from kvi_engine.ingest import build_assets, load_documents
+from kvi_engine.query.encoders import make_encoder
 from kvi_engine.query.knowledge import Knowledge, build_knowledge
 from kvi_engine.query.methods import METHODS, method, parse_methods
 from kvi_engine.query.pipeline import QueryPipeline
 from kvi_engine.query.trace import postprocess
-from kvi_engine.retrieval import NO_ENTITY, make_encoder
+from kvi_engine.retrieval import NO_ENTITY
 from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
 from kvi_engine.utils.paths import sample_dir
 

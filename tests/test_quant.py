@@ -5,7 +5,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import CAPSULES, ENTITIES, model, tokenizer
 
 from kvi_engine import _core
 from kvi_engine.bank import quant
@@ -14,6 +13,7 @@ from kvi_engine.bank.bank import KVBank
 from kvi_engine.bank.spec import QuantSpec
 from kvi_engine.compile.compiler import compile_bank
 from kvi_engine.generate.inject import inject
+from kvi_engine.testing.helpers import CAPSULES, ENTITIES, model, tokenizer
 
 SPECS = ["int8", "fp8", "int4", "int4:g8", "int2", "int2:g4", "int8:channel", "int4:channel", "fp8:channel"]
 # Max |logit difference| against injecting the fp32 bank, tiny models (head_dim 16, logits |x| < 1): about 3x the

@@ -23,10 +23,11 @@ def cmd_eval(args) -> int:
     from kvi_engine.eval.support import recall_markdown, support_recall
     from kvi_engine.ingest import save_assets
     from kvi_engine.ingest.assets import assets_from_documents, load_assets
+    from kvi_engine.query.encoders import make_encoder
     from kvi_engine.query.knowledge import build_knowledge
     from kvi_engine.query.methods import parse_methods
     from kvi_engine.query.pipeline import QueryPipeline
-    from kvi_engine.retrieval import RetrievalConfig, make_encoder
+    from kvi_engine.retrieval import RetrievalConfig
     from kvi_engine.utils.paths import sample_dir
 
     dataset = load_dataset(args.dataset)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PreTrainedConfig
 
+from kvi_engine.retrieval.encoder import POOLINGS
+
 FUSION_ATTENTIONS = ("sigmoid", "softmax")
-POOLINGS = ("cls", "mean")
 
 
 class KPRConfig(PreTrainedConfig):

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from kvi_engine.capsules.capsule import Entity
 from kvi_engine.generate.engine import KVIEngine
+from kvi_engine.query.encoders import make_encoder
 from kvi_engine.query.knowledge import Knowledge
 from kvi_engine.query.methods import METHODS, Method, method
 from kvi_engine.query.prompts import qa_prompt
@@ -24,7 +25,6 @@ from kvi_engine.retrieval import (
     GroundingFilter,
     IntentClassifier,
     RetrievalConfig,
-    make_encoder,
 )
 
 
