@@ -1,10 +1,7 @@
 """Builds the private extension kvi_engine._core; kernels/ ships as kvi_engine.kernels.
 
-KVI_SANITIZE=1 builds the extension with AddressSanitizer + UBSan. Run the native tests with the runtimes loaded
-before Python (libstdc++ too, or ASan aborts on the first C++ exception):
-    KVI_SANITIZE=1 python setup.py build_ext --inplace --force
-    LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)" ASAN_OPTIONS=detect_leaks=0 \
-        python -m pytest -q --noconftest tests/test_graph.py tests/test_traverse.py tests/test_linker.py
+KVI_SANITIZE=1 builds the extension with AddressSanitizer + UBSan; ``bash tests/sanitize.sh`` builds it in a scratch
+copy and runs the native and bank tests against it (CI does).
 """
 import os
 import sys

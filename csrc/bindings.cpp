@@ -189,7 +189,9 @@ static void bind_graph(py::module_& m) {
         "build_csr",
         [](py::array key, int64_t num_keys) {
             const int32_t* k = array_data<int32_t>(key, "key");
-            if (num_keys < 0) throw std::invalid_argument("num_keys must be >= 0");
+            // keys are int32: more groups than 2^31 cannot be addressed (and would only allocate a huge indptr)
+            if (num_keys < 0 || num_keys > static_cast<int64_t>(INT32_MAX) + 1)
+                throw std::invalid_argument("num_keys must be in [0, 2^31], got " + std::to_string(num_keys));
             const int64_t n = key.shape(0);
             std::vector<int64_t> indptr(num_keys + 1);
             std::vector<int32_t> order(n);
@@ -567,7 +569,10 @@ static void bind_quant(py::module_& m) {
         [](py::array codes, py::array scale, std::optional<py::array> zero, const std::string& scheme, int64_t head_dim,
            py::array code_rows, py::array param_rows, int num_threads) {
             const q::Scheme sc = q::parse_scheme(scheme);
-            if (head_dim <= 0) throw std::invalid_argument("head_dim must be > 0");
+            const int per = 8 / q::bits_of(sc);
+            if (head_dim <= 0 || head_dim % per)  // a partial code byte would be read past the end of its row
+                throw std::invalid_argument("head_dim " + std::to_string(head_dim) + " must be > 0 and fill whole "
+                                            "code bytes (" + std::to_string(per) + " values per byte for " + scheme + ")");
             quant_2d(codes, "codes", quant_code_dtype(sc), q::code_dim(sc, head_dim));
             quant_2d(scale, "scale", py::dtype("float16"));
             const int64_t ng = scale.shape(1);

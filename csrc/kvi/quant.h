@@ -265,6 +265,10 @@ inline void encode_columns(Scheme sc, const float* x, int64_t n, int64_t d, cons
 inline void gather_decode(Scheme sc, const uint8_t* codes, int64_t num_code_rows, int64_t d, const uint16_t* scale,
                           const uint16_t* zero, int64_t num_param_rows, int64_t ng, const int64_t* code_rows,
                           const int64_t* param_rows, int64_t m, float* out, int threads) {
+    const int per = 8 / bits_of(sc);
+    if (d <= 0 || d % per)
+        throw std::invalid_argument("head_dim " + std::to_string(d) + " does not fill whole code bytes (" +
+                                    std::to_string(per) + " values per byte)");
     if (ng <= 0 || d % ng) throw std::invalid_argument("params per row must divide head_dim");
     for (int64_t i = 0; i < m; ++i) {
         if (code_rows[i] < 0 || code_rows[i] >= num_code_rows)

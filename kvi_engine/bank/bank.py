@@ -23,13 +23,12 @@ from kvi_engine import dispatch
 from kvi_engine.bank import quant
 from kvi_engine.bank.codec import decode_tokens
 from kvi_engine.bank.residency import DeviceKVCache
-from kvi_engine.bank.segments import FIRST_SEGMENT, Segment, Snapshot
+from kvi_engine.bank.segments import Segment, Snapshot
 from kvi_engine.bank.spec import SCHEMES, QuantSpec, capsule_axis, kv_sections
 from kvi_engine.capsules.capsule import Capsule
 from kvi_engine.formats.container import BankFormatError
 from kvi_engine.models import fingerprint as fp
 
-BANK_FILE = FIRST_SEGMENT
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -39,10 +38,6 @@ class BankShape:
     num_kv_heads: int
     head_dim: int
 
-
-def bank_file(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p / BANK_FILE if p.is_dir() or not p.suffix else p
 
 
 class KVBank:

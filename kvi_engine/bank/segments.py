@@ -43,6 +43,33 @@ def section_layout(spec: QuantSpec, L: int, T: int, C: int, H: int, D: int) -> d
     return out
 
 
+def _record_fault(rec: dict) -> str:
+    """What is wrong with one capsule record ("" when nothing): the fields every reader relies on."""
+    for key in ("subject", "relation", "object"):
+        v = rec.get(key)
+        if not isinstance(v, str) or not v.strip():
+            return f"lacks a non-empty string {key!r}"
+    if rec.get("kind", "triple") not in ("triple", "anchor"):
+        return f"has kind {rec.get('kind')!r} (expected 'triple' or 'anchor')"
+    for key in ("statement", "sentence"):
+        if not isinstance(rec.get(key, ""), str):
+            return f"has a non-string {key!r}"
+    if not isinstance(rec.get("sentence_id"), (str, type(None))):
+        return "has a non-string 'sentence_id'"
+    return ""
+
+
+def regular_file(root: Path, name: str) -> Path:
+    """``root / name`` if it is a regular file of the bank directory itself: a symlink (which could point anywhere)
+    or anything that is not a plain file is refused before a byte of it is read."""
+    path = root / name
+    if path.is_symlink():
+        raise BankFormatError(f"{path}: bank files must be regular files inside the bank directory, not symlinks")
+    if path.exists() and not path.is_file():
+        raise BankFormatError(f"{path}: not a regular file (a bank file of that name must be one)")
+    return path
+
+
 class Segment:
     """One segment file, mapped at open; tables are checksum-verified on first use."""
 
@@ -64,6 +91,11 @@ class Segment:
             layout = section_layout(self.spec, *dims)
         except ValueError as e:
             raise BankFormatError(f"{path}: {e}") from None
+        # The tables' extents are checked against the header here, before anything is sized from its counts (a
+        # forged num_capsules must not allocate an id map of that size).
+        layout = dict(layout, capsule_table=("int64", (self.num_capsules, 2)), token_ids=("int32", (self.num_tokens,)))
+        if "capsule_ids" in self.c.sections:
+            layout["capsule_ids"] = ("int64", (self.num_capsules,))
         for name, (dtype, shape) in layout.items():
             s = self.c.sections.get(name)
             if s is None or s.dtype != dtype or s.shape != shape:
@@ -85,9 +117,10 @@ class Segment:
     def table(self) -> np.ndarray:
         """``[num_capsules, 2]`` int64 (token_start, length), local to this segment."""
         t = np.asarray(self.checked("capsule_table"))
+        # start + length is compared as start > num_tokens - length: a forged (2^62, 2^62) row cannot wrap int64
         if t.shape != (self.num_capsules, 2) or t.dtype != np.int64 or (t.size and (
-                t[:, 0].min() < 0 or t[:, 1].min() < 1 or (t[:, 0] + t[:, 1]).max() > self.num_tokens or
-                (np.diff(t[:, 0]) < 0).any())):
+                t[:, 0].min() < 0 or t[:, 1].min() < 1 or t[:, 1].max() > self.num_tokens or
+                (t[:, 0] > self.num_tokens - t[:, 1]).any() or (np.diff(t[:, 0]) < 0).any())):
             raise BankFormatError(f"{self.path}: section 'capsule_table' holds out-of-range or unsorted token ranges")
         return t
 
@@ -115,6 +148,10 @@ class Segment:
             raise BankFormatError(f"{self.path}: section 'capsule_meta' does not decode: {e}") from None
         if not isinstance(m, list) or len(m) != self.num_capsules or not all(isinstance(x, dict) for x in m):
             raise BankFormatError(f"{self.path}: section 'capsule_meta' does not hold one record per capsule")
+        for row, rec in enumerate(m):
+            bad = _record_fault(rec)
+            if bad:
+                raise BankFormatError(f"{self.path}: capsule record {row} {bad}")
         return m
 
     def token_rows(self, local_tokens: np.ndarray) -> np.ndarray:
@@ -152,11 +189,11 @@ class Snapshot:
     @classmethod
     def open(cls, root: str | os.PathLike) -> "Snapshot":
         root = Path(root)
-        if root.is_file():
-            return cls(root.parent, [Segment(root)], None, 0)
+        if root.is_file() or root.is_symlink():
+            return cls(root.parent, [Segment(regular_file(root.parent, root.name))], None, 0)
         missing = None
         for _ in range(_OPEN_RETRIES):
-            mpath = root / MANIFEST_FILE
+            mpath = regular_file(root, MANIFEST_FILE)
             try:
                 manifest = Container(mpath, "kvi-manifest", (BANK_VERSION,))
             except FileNotFoundError:
@@ -164,7 +201,7 @@ class Snapshot:
                     raise FileNotFoundError(f"{root}: no such bank (neither {MANIFEST_FILE} nor {FIRST_SEGMENT})")
                 if mpath.exists():
                     continue
-                return cls(root, [Segment(root / FIRST_SEGMENT)], None, 0)
+                return cls(root, [Segment(regular_file(root, FIRST_SEGMENT))], None, 0)
             try:
                 entries = manifest.header["segments"]
                 generation = int(manifest.header["generation"])
@@ -174,7 +211,7 @@ class Snapshot:
             if not files or any(os.sep in f or f.startswith(".") for f, _ in files):
                 raise BankFormatError(f"{mpath}: bad segment list {files}")
             try:
-                segments = [Segment(root / f) for f, _ in files]
+                segments = [Segment(regular_file(root, f)) for f, _ in files]
             except FileNotFoundError as e:
                 # A compaction replaced the manifest after we read it: read the new one. The same manifest naming
                 # the same missing file twice is a broken bank, not a race.
@@ -239,11 +276,19 @@ class Snapshot:
             yield self.segments[int(s)], pos, token_index[pos] - self.token_offsets[s]
 
     def verify(self) -> None:
+        """Checksums of every file, then the tables against each other: ranges within each segment's token axis,
+        well-formed records, and every live capsule id stored under that id in its segment."""
         if self.manifest is not None:
             self.manifest.verify()
         for s in self.segments:
             s.c.verify()
-        _ = self.ranges, [s.meta for s in self.segments], [s.capsule_ids for s in self.segments]
+        _ = self.ranges, [s.meta for s in self.segments]
+        seg, row = self.locations
+        for si, s in enumerate(self.segments):
+            mine = np.flatnonzero(seg == si)
+            if (s.capsule_ids[row[mine]] != mine).any():
+                raise BankFormatError(f"{s.path}: section 'capsule_ids' disagrees with the capsule map of "
+                                      f"{self.manifest.path if self.manifest is not None else 'the bank'}")
 
     @property
     def files(self) -> list[Path]:

@@ -12,6 +12,7 @@ import contextlib
 import fcntl
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -113,18 +114,36 @@ def write_manifest(root: Path, generation: int, segments: list[Segment], seg: np
         raise
 
 
+class CommittedWithLeftovers(UserWarning):
+    """An update was committed, but stale files it no longer needs could not be removed (they are harmless: no
+    manifest names them, and the next update tries again)."""
+
+
 def collect_garbage(root: Path, keep: set[str]) -> list[str]:
     """Delete segment files and writer temp files that the current manifest does not name (call under the lock).
-    Readers that mapped a deleted file keep their snapshot: the kernel frees it when they unmap."""
-    gone = []
+    Readers that mapped a deleted file keep their snapshot: the kernel frees it when they unmap. Runs after the
+    commit, so it never fails the update: what it cannot delete (a directory of a segment's name, a permission
+    error) is reported as a :class:`CommittedWithLeftovers` warning."""
+    gone, left = [], []
     for p in root.iterdir():
         n = p.name
         stale_tmp = n.startswith((".seg-", f".{MANIFEST_FILE}.tmp-"))
         if (n.startswith("seg-") and n.endswith(".kvb") and n not in keep) or stale_tmp or \
                 (n == FIRST_SEGMENT and n not in keep):
-            with contextlib.suppress(FileNotFoundError):
+            if p.is_dir() and not p.is_symlink():
+                left.append(f"{n} (a directory)")
+                continue
+            try:
                 p.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                left.append(f"{n} ({e.strerror or e})")
+                continue
             gone.append(n)
+    if left:
+        warnings.warn(f"{root}: update committed; could not remove stale {', '.join(left)}",
+                      CommittedWithLeftovers, stacklevel=2)
     return gone
 
 

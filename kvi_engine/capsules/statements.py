@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 from pathlib import Path
 
 from kvi_engine.capsules.capsule import Capsule, Entity
@@ -36,18 +37,46 @@ DEFAULT_TEMPLATES: dict[str, str] = {
 
 
 def load_templates(path: str | os.PathLike | None) -> dict[str, str]:
-    """Default templates overlaid with a JSON object {relation: template} from ``path``."""
+    """Default templates overlaid with a JSON object {relation: template} from ``path``. A template names exactly
+    the fields ``{subject}`` and ``{object}`` (each at least once, nothing else); errors name the file and
+    relation."""
     templates = dict(DEFAULT_TEMPLATES)
     if path is None:
         return templates
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such templates file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not a JSON templates file ({type(e).__name__}: {e})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object mapping relation -> template")
     for rel, tpl in data.items():
-        if not isinstance(tpl, str) or "{subject}" not in tpl or "{object}" not in tpl:
-            raise ValueError(f"{path}: template for {rel!r} must be a string containing {{subject}} and {{object}}")
+        fault = template_fault(tpl)
+        if fault:
+            raise ValueError(f"{path}: template for {rel!r} {fault}")
         templates[rel] = tpl
     return templates
+
+
+def template_fault(tpl, require_both: bool = True) -> str:
+    """What is wrong with a statement template ("" when nothing). Templates read from a user's file must name both
+    fields; internal ones may render one (the sentence bank's "{subject}")."""
+    if not isinstance(tpl, str):
+        return f"must be a string, got {type(tpl).__name__}"
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(tpl) if f is not None}
+    except ValueError as e:
+        return f"is not a format string ({e})"
+    unknown = sorted(fields - {"subject", "object"})
+    if unknown:
+        return f"names unknown field(s) {unknown}; a template may use only {{subject}} and {{object}}"
+    if require_both and fields != {"subject", "object"}:
+        return "must contain {subject} and {object}"
+    if not fields:
+        return "names no field: it must contain {subject} or {object}"
+    return ""
 
 
 def relation_words(relation: str) -> str:

@@ -27,8 +27,10 @@ def cmd_inspect(args) -> int:
     if args.verify:
         print(f"{'verified'.ljust(width)}  every section matches its checksum")
     if args.capsules:
+        live = set(bank.live_ids())
         for i in range(min(args.capsules, bank.num_capsules)):
-            print(f"  [{i}] {bank.statement(i)}  ({len(bank.token_ids(i))} tokens)")
+            print(f"  [{i}] {bank.statement(i)}  ({len(bank.token_ids(i))} tokens)" if i in live else
+                  f"  [{i}] (removed)")
     return 0
 
 

@@ -17,6 +17,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
             IndexError, KeyError, ValueError)
 
 
+def message(e: BaseException) -> str:
+    """One line for a user error: KeyError's repr quoting dropped, further lines cut."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(e).__name__
+
+
 def parse_ids(text: str) -> list[int]:
     try:
         ids = [int(x) for x in text.replace(" ", "").split(",") if x]
@@ -24,6 +30,9 @@ def parse_ids(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"capsule ids must be comma-separated integers, got {text!r}") from None
     if not ids:
         raise argparse.ArgumentTypeError("empty capsule id list")
+    bad = [i for i in ids if not 0 <= i < 2**63]
+    if bad:
+        raise argparse.ArgumentTypeError(f"capsule id {bad[0]} is out of range (ids are integers in [0, 2^63))")
     return ids
 
 

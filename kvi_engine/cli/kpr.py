@@ -28,12 +28,12 @@ def cmd_build(args) -> int:
     if args.model:
         src = Path(args.model)
         if out.resolve() == src.resolve():
-            raise SystemExit("kpr build: --out must differ from --model (the new directory replaces nothing)")
+            raise ValueError("--out must differ from --model (the new directory replaces nothing)")
         model = KPRModel.from_pretrained(str(src))
         tokenizer = KPRTokenizer.from_pretrained(str(src), knowledge=False)
         previous = EntityTable.open(src)
         if previous.dim != model.config.entity_dim:
-            raise SystemExit(f"kpr build: {src} table dim {previous.dim} != model entity_dim {model.config.entity_dim}")
+            raise ValueError(f"{src}: table dim {previous.dim} != model entity_dim {model.config.entity_dim}")
         encoder_path = args.encoder or previous.meta.encoder.rsplit("#", 1)[0]
     else:
         base = args.base or default_base()

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from kvi_engine.cli import ask, bank, bench, compile, demo, eval, kpr
-from kvi_engine.cli.common import user_errors
+from kvi_engine.cli.common import message, user_errors
 
 GROUPS = (compile, ask, demo, eval, bank, kpr, bench)
 VISIBLE = "{compile,ask,demo,eval,bank,kpr,bench}"
@@ -28,11 +29,19 @@ def main(argv=None) -> int:
     if len(argv) > 2 and argv[0] == "bench" and argv[2] != "--":
         argv.insert(2, "--")  # benchmarks parse their own options; REMAINDER alone drops leading "--opts"
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except user_errors() as e:
-        print(f"kvi {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            return args.func(args)
+        except user_errors() as e:
+            print(f"kvi {args.command}: error: {message(e)}", file=sys.stderr)
+            return 2
+        finally:  # one line each, after the command's own output (e.g. an update committed with leftovers)
+            for w in caught:
+                if issubclass(w.category, UserWarning) and w.category.__module__.startswith("kvi_engine"):
+                    print(f"kvi {args.command}: warning: {w.message}", file=sys.stderr)
+                else:
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
 
 
 if __name__ == "__main__":

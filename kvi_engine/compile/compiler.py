@@ -26,7 +26,7 @@ from kvi_engine.bank.bank import KVBank
 from kvi_engine.bank.segments import FIRST_SEGMENT, MANIFEST_FILE, SegmentWriter, Snapshot, new_segment_name
 from kvi_engine.bank.spec import QuantSpec
 from kvi_engine.capsules.capsule import Capsule, Entity
-from kvi_engine.capsules.statements import anchor_capsule, anchor_statement, render_statement
+from kvi_engine.capsules.statements import anchor_capsule, anchor_statement, render_statement, template_fault
 from kvi_engine.compile.capture import capture_kv
 from kvi_engine.formats.container import BankFormatError
 from kvi_engine.models import fingerprint, rope
@@ -47,6 +47,10 @@ def shared_prefix(tokenizer) -> list[int]:
 def capsule_statements(capsules: Sequence[Capsule], entities: Sequence[Entity] = (),
                        templates: dict[str, str] | None = None) -> tuple[list[Capsule], list[str]]:
     """Capsules in bank order (the given ones, then one anchor per entity) and the text each compiles from."""
+    for rel, tpl in (templates or {}).items():
+        fault = template_fault(tpl, require_both=False)
+        if fault:
+            raise ValueError(f"template for {rel!r} {fault}")
     caps, texts = list(capsules), []
     for c in caps:
         texts.append(render_statement(c, {**(templates or {}), "is_a": "{subject} is a {object}."})

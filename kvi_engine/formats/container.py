@@ -208,7 +208,7 @@ class Container:
             raise FormatError(f"{self.path}: written by an older kvi-engine in the retired 'KVISECT' container; "
                               f"{REBUILD.get(kind, 'rebuild it with this version')}")
         if magic not in (MAGIC, LEGACY_MAGIC):
-            raise FormatError(f"{self.path}: not a {what} (bad magic {magic!r})")
+            raise FormatError(f"{self.path}: not a {what} (unknown magic number)")
         supported = (1,) if magic == LEGACY_MAGIC else (FORMAT_VERSION,)
         if cversion not in supported:
             if cversion > FORMAT_VERSION:

@@ -2,9 +2,14 @@
 
 Prompts are left-padded into one batch. When the bank has a shared prefix (BOS), the injection supplies it and the
 prompt is encoded without it, so a row with no capsules sees exactly what a plain model would: ``[BOS, prompt]``.
+
+Requests are bounded before any forward pass: a prompt longer than ``max_prompt_tokens`` (default
+``KVI_MAX_PROMPT_TOKENS`` or 8192), or a row whose injected + prompt + new tokens exceed the model's positions, is
+a ValueError naming the row and the counts (a 116k-character question otherwise runs for minutes).
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -28,9 +33,12 @@ class Generation:
 
 class KVIEngine:
     def __init__(self, model, tokenizer, bank: KVBank | None, *, layout: str = "stacked", backend: str | None = None,
-                 check: bool = True):
+                 check: bool = True, max_prompt_tokens: int | None = None):
         self.model, self.tokenizer, self.bank = model, tokenizer, bank
         self.layout, self.backend = layout, backend
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+        cap = max_prompt_tokens or int(os.environ.get("KVI_MAX_PROMPT_TOKENS", 8192))
+        self.max_prompt_tokens = min(cap, self.max_positions) if self.max_positions else cap
         if bank is not None and check:
             bank.check_model(model, tokenizer)
         if tokenizer.pad_token_id is None:
@@ -66,6 +74,21 @@ class KVIEngine:
             mask[i, width - len(r):] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def check_lengths(self, prompt_tokens: Sequence[int], capsule_ids, max_new_tokens: int) -> None:
+        """Raise ValueError for a row over ``max_prompt_tokens`` or past the model's positions."""
+        lengths = self.bank.ranges[:, 1] if capsule_ids is not None else None
+        for r, n in enumerate(prompt_tokens):
+            if n > self.max_prompt_tokens:
+                raise ValueError(f"prompt {r} has {n:,} tokens, more than max_prompt_tokens = "
+                                 f"{self.max_prompt_tokens:,} (raise it with KVI_MAX_PROMPT_TOKENS)")
+            injected = 0
+            if capsule_ids is not None:
+                ids = [self.bank._check_id(c) for c in capsule_ids[r]]
+                injected = self.bank.prefix_len + int(lengths[ids].sum()) if ids else self.bank.prefix_len
+            if self.max_positions and injected + n + max_new_tokens > self.max_positions:
+                raise ValueError(f"row {r}: {injected:,} injected + {n:,} prompt + {max_new_tokens:,} new tokens "
+                                 f"exceed the model's {self.max_positions:,} positions")
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], capsule_ids: Sequence[Sequence[int]] | None = None, *,
                  max_new_tokens: int = 32, chat: bool = False, layers=None, **generate_kwargs) -> Generation:
@@ -77,6 +100,7 @@ class KVIEngine:
             if len(capsule_ids) != len(prompts):
                 raise ValueError(f"{len(prompts)} prompts but {len(capsule_ids)} capsule lists (one per prompt)")
         ids, mask = self.encode(prompts, chat=chat, strip_prefix=capsule_ids is not None)
+        self.check_lengths(mask.sum(1).tolist(), capsule_ids, max_new_tokens)
         kw = dict(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id)
         kw.update(generate_kwargs)
         first = {}

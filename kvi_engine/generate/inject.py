@@ -84,7 +84,7 @@ AttentionInterface.register(IMPL, _kvi_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(IMPL, _kvi_mask)
 
 
-def _position_hook(plan: InjectionPlan):
+def _position_hook(plan: InjectionPlan, limit: int | None):
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         emb = kwargs.get("inputs_embeds")
@@ -102,7 +102,11 @@ def _position_hook(plan: InjectionPlan):
         offset = plan.prompt_offset.to(device)
         if offset.shape[0] != B and offset.shape[0] != 1:
             raise ValueError(f"batch of {B} rows but the injection plan has {offset.shape[0]} rows")
-        kwargs["position_ids"] = pos + offset.unsqueeze(1)
+        pos = pos + offset.unsqueeze(1)
+        if limit is not None and T and int(pos.max()) >= limit:
+            raise ValueError(f"injected + prompt tokens reach position {int(pos.max())}, past the model's "
+                             f"{limit} positions (max_position_embeddings)")
+        kwargs["position_ids"] = pos
         return args, kwargs
     return hook
 
@@ -135,7 +139,8 @@ def inject(model, bank: KVBank, capsule_ids: Sequence[Sequence[int]], *, layout:
             m._kvi_state = state
     hook, old = None, None
     try:
-        hook = decoder.register_forward_pre_hook(_position_hook(plan), with_kwargs=True)
+        limit = getattr(model.config, "max_position_embeddings", None)
+        hook = decoder.register_forward_pre_hook(_position_hook(plan, limit), with_kwargs=True)
         old = set_attn_implementation(model, IMPL)
         yield plan
     finally:

@@ -22,8 +22,8 @@ def _check(a, name: str, dtype, length: int | None = None) -> np.ndarray:
 def build_csr(key: np.ndarray, num_keys: int) -> tuple[np.ndarray, np.ndarray]:
     """``(indptr int64[num_keys+1], order int32[n])``: row ids grouped by key, ascending within a group."""
     _check(key, "key", np.int32)
-    if num_keys < 0:
-        raise ValueError("num_keys must be >= 0")
+    if not 0 <= num_keys <= 2**31:  # the C++ core's bound: keys are int32
+        raise ValueError(f"num_keys must be in [0, 2^31], got {num_keys}")
     if key.size and (key.min() < 0 or key.max() >= num_keys):
         bad = int(np.flatnonzero((key < 0) | (key >= num_keys))[0])
         raise ValueError(f"build_csr: key {int(key[bad])} of row {bad} is outside [0, {num_keys})")

@@ -73,13 +73,14 @@ def _writer(path: Path, spec: QuantSpec, lengths, token_ids, meta, dims, prefix_
                          prefix_k=pk, prefix_v=-pk, header=header)
 
 
-def create_tagged_bank(root, tags, quant="fp16", dims=DIMS) -> Path:
-    """A one-segment bank directory whose capsule ``i`` has tag ``tags[i]``."""
+def create_tagged_bank(root, tags, quant="fp16", dims=DIMS, prefix_len: int = 1) -> Path:
+    """A one-segment bank directory whose capsule ``i`` has tag ``tags[i]``, with a shared prefix (a BOS) of
+    ``prefix_len`` tokens."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     meta, token_ids, k, v = tagged_capsules(tags, dims)
     w = _writer(root / "bank.kvb", QuantSpec.parse(quant), [len(t) for t in token_ids],
-                np.concatenate([np.asarray(t, np.int32) for t in token_ids]), meta, dims)
+                np.concatenate([np.asarray(t, np.int32) for t in token_ids]), meta, dims, prefix_len)
     rows = np.arange(len(meta))
     for layer in range(dims["num_layers"]):
         w.put(layer, rows, k[layer], v[layer])
