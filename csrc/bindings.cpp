@@ -230,7 +230,7 @@ std::string_view bytes_view(const py::handle& h, const char* what, size_t i) {
 
 static void bind_linker(py::module_& m) {
     py::class_<kvi::Normalizer, std::shared_ptr<kvi::Normalizer>>(
-        m, "Normalizer", "Unicode tables for linking (built by kvi_engine.normalize_twin.native_tables()).")
+        m, "Normalizer", "Unicode tables for linking (built by kvi_engine.graph.normalize.native_tables()).")
         .def(py::init([](py::array fold, py::array cls, py::array pool, py::array pool_indptr, py::array comp_keys,
                          py::array comp_vals) {
                  const uint32_t* f = array_data<uint32_t>(fold, "fold", kvi::kNumCodePoints);

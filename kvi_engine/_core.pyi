@@ -53,7 +53,7 @@ class Linker:
     @property
     def memory_bytes(self) -> int: ...
 
-# -- bank codecs (csrc/kvi/quant.h; format spec in kvi_engine/quant.py) -------------------------------------------
+# -- bank codecs (csrc/kvi/quant.h; format spec in kvi_engine/bank/quant.py) -------------------------------------------
 def quant_encode_rows(x: npt.NDArray[np.float32], scheme: str, group_size: int, num_threads: int = 0
                       ) -> tuple[npt.NDArray[np.int8] | npt.NDArray[np.uint8], npt.NDArray[np.float16],
                                  npt.NDArray[np.float16] | None]:

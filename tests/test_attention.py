@@ -1,7 +1,7 @@
 """prefix_attention backends (C++, Triton under TRITON_INTERPRET=1) against the PyTorch reference.
 
 Banks are real: compiled by tiny random models in every storage scheme, so the kernels read the format exactly as
-kvi_engine.quant specifies it. Queries are scaled so attention is peaked (a wrong code, scale, rotation or slot shows
+kvi_engine.bank.quant specifies it. Queries are scaled so attention is peaked (a wrong code, scale, rotation or slot shows
 up far above the tolerance), and own K/V have the bank's magnitude so injected tokens matter.
 """
 import atexit

@@ -1,4 +1,4 @@
-"""The query pipeline on the sample corpus with a tiny random Llama (BOS prefix): KVIEngine.answer traces, the
+"""The query pipeline on the sample corpus with a tiny random Llama (BOS prefix): answer traces, the
 no-entity fallback equals plain generation, one grounding filter for every method, and bad input."""
 import pytest
 import torch

@@ -21,7 +21,7 @@
 
 namespace kvi::attn {
 
-// Storage formats of kvi_engine/quant.py (the spec): floats, or codes with fp16 scale (+ zero) per group.
+// Storage formats of kvi_engine/bank/quant.py (the spec): floats, or codes with fp16 scale (+ zero) per group.
 enum class Format : int { f32 = 0, f16 = 1, bf16 = 2, i8 = 3, i4 = 4, i2 = 5, fp8 = 6 };
 // Rounding applied to injected K/V as the reference does (it converts them to the activation dtype first).
 enum class Round : int { none = 0, f16 = 1, bf16 = 2 };

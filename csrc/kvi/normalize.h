@@ -1,6 +1,6 @@
 // Text normalisation for entity linking, with a map back to character offsets of the original text.
 //
-// The tables come from Python's unicodedata (kvi_engine/normalize_twin.py builds them; that file is also the
+// The tables come from Python's unicodedata (kvi_engine/graph/normalize.py builds them; that file is also the
 // definition): per source code point, fold = casefold(NFKC(c)) with punctuation, separators and controls mapped
 // to a space and format characters (zero-width, soft hyphen, BOM) removed; a base followed by combining marks is
 // first composed canonically (so "e" + U+0301 equals "é"). Runs of spaces collapse to one; leading spaces drop.

@@ -1,5 +1,5 @@
 // KV bank codecs: int8 / int4 / int2 / fp8-e4m3 with fp16 scales (and zero points), per-row groups or per-channel
-// params over row segments (capsules). Bit-exact twin of kvi_engine/quant.py (the format spec lives there): stats in
+// params over row segments (capsules). Bit-exact twin of kvi_engine/bank/quant.py (the format spec lives there): stats in
 // fp32, params rounded to fp16 before the codes are computed from them, round-half-even everywhere; intN ranges
 // clipped by a deterministic MSE search whose error sums are integers (see clip_sse).
 #pragma once
@@ -136,7 +136,7 @@ inline int64_t clip_sse(Scheme sc, const float* x, int64_t n, int64_t stride, fl
     return sse;
 }
 
-// MSE-searched clipped range of an intN group (spec: kvi_engine/quant.py): [lo + a*r, hi - b*r] over a grid of
+// MSE-searched clipped range of an intN group (spec: kvi_engine/bank/quant.py): [lo + a*r, hi - b*r] over a grid of
 // (a, b), first a = b, then each end alone; a candidate wins only with a strictly smaller error.
 inline void clip_range(Scheme sc, const float* x, int64_t n, int64_t stride, float& lo, float& hi) {
     const float m = std::max(std::fabs(lo), std::fabs(hi)), r = hi - lo;

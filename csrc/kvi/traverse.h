@@ -1,7 +1,7 @@
 // Multi-hop traversal: breadth-first from seed entities, one hop per level, emitting triples with their hop
 // distance and the parent triple through which their source entity was first reached (-1 from a seed).
 //
-// Semantics (the Python twin kvi_engine/graph_twin.py follows them step for step):
+// Semantics (the Python twin kvi_engine/graph/twin.py follows them step for step):
 //   frontier(0) = seeds, deduplicated, in the given order; each entity is entered at most once.
 //   For hop h = 1..max_hops, for u in frontier(h-1) in order, scan u's out-triples (CSR order) then in-triples
 //   (direction "both"), skipping triples whose relation is not allowed at hop h and triples already emitted;

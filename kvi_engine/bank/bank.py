@@ -2,9 +2,9 @@
 
 Storage is layer-major with one token axis shared by all layers: capsule ``i`` is the token range
 ``[token_start, token_start + length)`` in every layer. A bank is a directory of segments (``bank.kvb`` after
-compile; more after updates, listed by ``MANIFEST.kvb``: see :mod:`kvi_engine.bank_segments`) or a bare ``.kvb``
+compile; more after updates, listed by ``MANIFEST.kvb``: see :mod:`kvi_engine.bank.segments`) or a bare ``.kvb``
 file; the token axis is the segments' axes back to back. Storage schemes (fp32/fp16/bf16, int8/int4/int2/fp8) are
-specified in :mod:`kvi_engine.quant`. The shared prefix (e.g. BOS) is stored once, in float.
+specified in :mod:`kvi_engine.bank.quant`. The shared prefix (e.g. BOS) is stored once, in float.
 
 Opening parses headers only (O(1) in bank size) and maps the files, so a bank object is a consistent snapshot that
 later updates do not disturb. Tables are checksum-verified on first use, KV sections by :meth:`KVBank.verify`.

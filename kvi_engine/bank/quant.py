@@ -47,7 +47,8 @@ fp8        ``[L, T, H, D]`` uint8     ``*_scale`` fp16 ``[L, T, H, D/G]``   ``x 
   int2 ``0.125 + 2/G``; channel-mode keys add ``2/n`` (int8) or ``4/n`` (intN) halves of a key per capsule of
   ``n`` tokens.
 
-Prefix KV (``prefix_k``/``prefix_v``) is always fp16/fp32 (one short sequence; not worth quantising).
+Prefix KV (``prefix_k``/``prefix_v``) is stored in the float scheme of the bank (fp32, fp16 or bf16), and in fp16 for
+quantised banks (one short sequence; not worth quantising).
 """
 from __future__ import annotations
 

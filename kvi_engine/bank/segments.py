@@ -1,7 +1,7 @@
 """Bank directories as segments plus a manifest: the read-side snapshot and the segment writer (torch-free).
 
 A bank directory holds one or more *segments*, each a complete ``.kvb`` container (capsule table, token ids, capsule
-metadata, prefix KV, the KV sections of :mod:`kvi_engine.quant` and ``capsule_ids``: the bank-wide id of each row).
+metadata, prefix KV, the KV sections of :mod:`kvi_engine.bank.quant` and ``capsule_ids``: the bank-wide id of each row).
 A freshly compiled bank is the single segment ``bank.kvb``. Once updated, ``MANIFEST.kvb`` (also a container) names
 the segments in order and maps every capsule id to ``(segment, row)`` -- or to ``-1`` once removed (a tombstone).
 Updates write new segment files and then rename a new manifest over the old one, so a reader sees the old state or
@@ -32,7 +32,7 @@ _OPEN_RETRIES = 8
 
 
 def section_layout(spec: QuantSpec, L: int, T: int, C: int, H: int, D: int) -> dict[str, tuple[str, tuple]]:
-    """``name -> (dtype, shape)`` of every KV section of a segment (the format table of :mod:`kvi_engine.quant`)."""
+    """``name -> (dtype, shape)`` of every KV section of a segment (the format table of :mod:`kvi_engine.bank.quant`)."""
     if not spec.quantised:
         return {"k": (spec.scheme, (L, T, H, D)), "v": (spec.scheme, (L, T, H, D))}
     code = "int8" if spec.scheme == "int8" else "uint8"

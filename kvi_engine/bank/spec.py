@@ -1,6 +1,6 @@
 """QuantSpec: the storage scheme of a bank (torch-free, so bank updates and crash tests load fast).
 
-The format itself is specified in :mod:`kvi_engine.quant`.
+The format itself is specified in :mod:`kvi_engine.bank.quant`.
 """
 from __future__ import annotations
 

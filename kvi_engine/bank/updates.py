@@ -1,5 +1,5 @@
 """Atomic bank updates: add capsules (a new segment), remove (tombstones), replace (re-compiled KV under the same
-ids), compact and requantize. Torch-free: model-level entry points live in :mod:`kvi_engine.compile`.
+ids), compact and requantize. Torch-free: model-level entry points live in :mod:`kvi_engine.compile.compiler`.
 
 Every update takes the bank's writer lock, writes new segment files under fresh names, fsyncs them, then renames a
 new ``MANIFEST.kvb`` over the old one (write, fsync, rename, fsync the directory). A crash before the rename leaves

@@ -138,6 +138,6 @@ def add_subparsers(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--corpus", default=str(kpr_data_dir() / "corpus.jsonl"))
     e.add_argument("--queries", default=str(kpr_data_dir() / "test.jsonl"))
     e.add_argument("--limit", type=int, default=0)
-    e.add_argument("--out", help="report prefix: writes <out>.json and <out>.png")
+    e.add_argument("--out", help="report prefix: writes <out>.json, <out>.csv and <out>.png")
     e.set_defaults(func=cmd_eval)
     return kpr

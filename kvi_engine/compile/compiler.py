@@ -7,7 +7,7 @@ one-at-a-time compile.
 
 The same machinery compiles the new segment of an update: :func:`add_capsules` (new ids) and
 :func:`recompile_entity` (new KV under the same ids); removal, compaction and requantization need no model and live
-in :mod:`kvi_engine.bank_updates`.
+in :mod:`kvi_engine.bank.updates`.
 """
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.Pa
 
     Capsule id ``i`` of the bank is ``capsules[i]``; anchors follow in entity order. ``quant`` is the storage
     scheme: "fp32", "fp16", "bf16", "int8", "int4", "int2" or "fp8", with options as in
-    :meth:`QuantSpec.parse` (e.g. "int4:g64", "int8:channel"); see :mod:`kvi_engine.quant` for the formats.
+    :meth:`QuantSpec.parse` (e.g. "int4:g64", "int8:channel"); see :mod:`kvi_engine.bank.quant` for the formats.
     """
     spec = QuantSpec.parse(quant)
     if batch_size < 1:

@@ -1,7 +1,7 @@
 """Entity linking: find the names and aliases of known entities in text, with every candidate entity and its prior.
 
-Rules (the C++ core csrc/kvi/linker.h and its twin kvi_engine/linker_twin.py implement them identically):
-- Names and texts are normalised alike (kvi_engine/normalize_twin.py: NFKC, case folding, punctuation and
+Rules (the C++ core csrc/kvi/linker.h and its twin kvi_engine/graph/linker_twin.py implement them identically):
+- Names and texts are normalised alike (kvi_engine/graph/normalize.py: NFKC, case folding, punctuation and
   whitespace folding, canonical composition of combining marks); matching happens on the normalised text and
   spans are reported in characters of the original text (``text[m.start:m.end]``).
 - Matches begin and end on word boundaries ("us" never matches inside "Houston"); characters of Han, kana, Thai

