@@ -33,7 +33,10 @@ class Impl:
     devices: Callable[[], tuple[str, ...] | None]  # device types it runs on; None: any
     available: Callable[[], bool]
     auto: Callable[[], bool]
-    why_not: str
+    why_not: str | Callable[[], str]
+
+    def reason(self) -> str:
+        return (self.why_not() if callable(self.why_not) else self.why_not) or "unavailable"
 
     def runs_on(self, device: str) -> bool:
         devices = self.devices()
@@ -51,7 +54,7 @@ def device_type(device) -> str:
 
 
 def register(op: str, backend: str, fn: Callable, *, devices=("cpu",), available: Callable[[], bool] = lambda: True,
-             why_not: str = "", auto: Callable[[], bool] | None = None) -> None:
+             why_not: str | Callable[[], str] = "", auto: Callable[[], bool] | None = None) -> None:
     """``devices``: device types (a tuple, :data:`ANY`, or a callable returning either: Triton's depend on the
     interpreter); ``available``: can run if asked for; ``auto``: worth choosing automatically (defaults to
     ``available``; Triton under the interpreter is available but never chosen automatically)."""
@@ -89,7 +92,7 @@ def select(op: str, backend: str | None = None, *, device="cpu", prefer: str | N
         if impl is None:
             raise BackendUnavailable(f"op {op!r} has no {want!r} backend (has: {sorted(impls)})")
         if not impl.available():
-            raise BackendUnavailable(f"backend {want!r} for op {op!r} cannot run here: {impl.why_not or 'unavailable'}")
+            raise BackendUnavailable(f"backend {want!r} for op {op!r} cannot run here: {impl.reason()}")
         if not impl.runs_on(dev):
             raise BackendUnavailable(f"backend {want!r} for op {op!r} cannot run on {dev} tensors "
                                      f"(runs on: {', '.join(impl.devices() or ('any',))})")
@@ -138,6 +141,14 @@ def triton_runnable() -> bool:
     except ImportError:
         return False
     return cuda_available() or triton_interpreted()
+
+
+def triton_why_not() -> str:
+    from kvi_engine.utils.extras import installed
+
+    if not installed("triton"):
+        return "Triton is not installed: pip install 'kvi-engine[triton]'"
+    return "Triton kernels need a CUDA device (or TRITON_INTERPRET=1 for CPU correctness runs)"
 
 
 def triton_devices() -> tuple[str, ...]:

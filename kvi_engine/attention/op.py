@@ -33,7 +33,7 @@ dispatch.register(OP, "cpp", prefix_attention_cpp, devices=("cpu",),
                   why_not="kvi_engine._core lacks prefix_attention (rebuild the extension)")
 dispatch.register(OP, "triton", _triton, devices=dispatch.triton_devices, available=dispatch.triton_runnable,
                   auto=dispatch.cuda_available,
-                  why_not="needs Triton and a CUDA device (or TRITON_INTERPRET=1 for CPU correctness runs)")
+                  why_not=dispatch.triton_why_not)
 
 
 def gathered_kv_bytes(plan) -> int:

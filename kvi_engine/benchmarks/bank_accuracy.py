@@ -22,15 +22,11 @@ from kvi_engine.eval.bank_accuracy import DEFAULT_NOISE, DEFAULT_SCHEMES, evalua
 from kvi_engine.eval.dataset import load_dataset
 from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
 from kvi_engine.utils.paths import sample_dir
+from kvi_engine.utils.plotting import plot_or_skip, pyplot, save_png
 
 
 def plot(results: list[dict], path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
+    plt = pyplot(str(path))
     fams = list(dict.fromkeys(r["family"] for r in results))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
     for ax, err in zip(axes, ("kv_rel_err", "attn_rel_err")):
@@ -69,7 +65,7 @@ def plot(results: list[dict], path: Path) -> None:
     fig.suptitle("Quantised banks vs fp16: top-1 agreement against error (points: schemes, 95% Wilson CI; "
                  "lines: noise floor)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_png(fig, path)
 
 
 def main(argv=None) -> int:
@@ -102,6 +98,6 @@ def main(argv=None) -> int:
         results += [dict(r, family=fam, head_dim=args.head_dim) for r in rows]
     out = Path(args.out or bench_results.default_out(f"bank_accuracy_hd{args.head_dim}"))
     bench_results.write(out, "bank-accuracy", results, vars(args))
-    plot(results, out.with_suffix(".png"))
+    plot_or_skip(plot, results, out.with_suffix(".png"))
     print(f"wrote {out}.json / .csv / .png")
     return 0

@@ -18,6 +18,7 @@ from kvi_engine.benchmarks import results
 from kvi_engine.benchmarks.timing import BenchRow as Row
 from kvi_engine.benchmarks.timing import best_of, rss_mb
 from kvi_engine.graph.knowledge_graph import KnowledgeGraph
+from kvi_engine.utils.extras import require
 
 
 def power_law_graph(n: int, t: int, r: int, seed: int = 0):
@@ -66,6 +67,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=str(results.default_out("graph")))
     args = ap.parse_args(argv)
+    for module in ("igraph", "networkx"):  # the comparison baselines: fail before the expensive part
+        require(module, "bench", "kvi bench graph")
     n, t = args.entities, args.triples
     rows: list[Row] = []
     subj, rel, obj = power_law_graph(n, t, args.relations)

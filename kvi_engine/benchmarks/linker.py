@@ -22,6 +22,7 @@ from kvi_engine.benchmarks.timing import BenchRow as Row
 from kvi_engine.benchmarks.timing import best_of, rss_mb
 from kvi_engine.graph.linker import EntityLinker
 from kvi_engine.graph.normalize import native_normalizer
+from kvi_engine.utils.extras import require
 
 
 def vocabulary(r: random.Random, size: int) -> list[str]:
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--out", default=str(results.default_out("linker")))
     args = ap.parse_args(argv)
+    require("ahocorasick", "bench", "kvi bench linker")  # the comparison baseline: fail before the expensive part
     r = random.Random(0)
     rng = np.random.default_rng(0)
     words = vocabulary(r, 200_000)

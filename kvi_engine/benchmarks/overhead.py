@@ -47,6 +47,7 @@ from kvi_engine.compile.compiler import compile_bank
 from kvi_engine.generate.inject import inject
 from kvi_engine.models.loading import load_model
 from kvi_engine.testing.tiny import bench_model, tiny_model, tiny_tokenizer
+from kvi_engine.utils.plotting import plot_or_skip, pyplot, save_png
 
 METHODS = ("llm", "rag", "kv-prefix", "kvi", "kvi-dual")
 _PLACES = ["Kestrel Bay", "Tamsk", "Orrin Vale", "Saltmarsh", "Halden Ridge", "Corvo", "Ilmen", "Brightwater"]
@@ -211,9 +212,7 @@ def targets(rows: list[Row]) -> list[str]:
 
 
 def plot(rows: list[Row], path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot(path)
 
     metrics = (("ttft_ms", "TTFT (ms)"), ("decode_tok_s", "decode tokens/s"), ("peak_rss_mib", "peak RSS increase (MiB)"))
     sweeps = [(s, x) for s, x in (("capsules", "capsules"), ("batch", "batch")) if any(r.sweep == s for r in rows)]
@@ -232,8 +231,7 @@ def plot(rows: list[Row], path: str) -> None:
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv=None) -> int:
@@ -300,6 +298,6 @@ def main(argv=None) -> int:
     lines = targets(rows)
     print("\n".join(lines))
     doc = results.write(args.out, "overhead", rows, vars(args), **meta, complete=True, targets=lines)
-    plot(rows, args.out + ".png")
+    plot_or_skip(plot, rows, args.out + ".png")
     print(f"wrote {args.out}.json / .csv / .png ({doc['commit'] or 'no commit'})")
     return 0

@@ -12,9 +12,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from kvi_engine.formats.container import FormatError
     from kvi_engine.models.fingerprint import FingerprintMismatch
     from kvi_engine.models.rope import UnsupportedRoPE
+    from kvi_engine.utils.extras import MissingExtra
     # OSError: a named model or tokenizer that cannot be found or loaded.
     return (OSError, CapsuleFormatError, FormatError, FingerprintMismatch, UnsupportedRoPE, BackendUnavailable,
-            IndexError, KeyError, ValueError)
+            MissingExtra, IndexError, KeyError, ValueError)
 
 
 def message(e: BaseException) -> str:

@@ -18,7 +18,8 @@ from typing import Mapping, Sequence
 from kvi_engine.eval.dataset import QAItem
 from kvi_engine.eval.metrics import METRICS, score
 from kvi_engine.eval.stats import bootstrap_ci, paired_permutation_test
-from kvi_engine.utils.atomic import atomic_open, atomic_write_bytes
+from kvi_engine.utils.atomic import atomic_open
+from kvi_engine.utils.plotting import plot_or_skip, pyplot, save_png
 
 REPORT_VERSION = 1
 
@@ -137,10 +138,9 @@ def to_csv(report: EvalReport) -> str:
 
 
 def plot(report: EvalReport, path: str | os.PathLike) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    plt = pyplot(f"{path}")
 
     names = [r.method for r in report.methods]
     keys = ("em", "f1", "relaxed")
@@ -159,10 +159,7 @@ def plot(report: EvalReport, path: str | os.PathLike) -> None:
     ax.set_title(f"{report.dataset or 'evaluation'} (n={report.methods[0].n}, 95% CI)")
     ax.legend(ncol=len(keys), fontsize=8, loc="upper left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path, dpi=120)
 
 
 def write_report(report: EvalReport, out_dir: str | os.PathLike, stem: str = "report") -> dict[str, Path]:
@@ -176,5 +173,6 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike, stem: str = "re
         f.write(to_csv(report))
     with atomic_open(paths["json"], "w") as f:
         json.dump(report.to_dict(), f, ensure_ascii=False, indent=1)
-    plot(report, paths["png"])
+    if not plot_or_skip(plot, report, paths["png"]):
+        del paths["png"]
     return paths

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvi_engine.ingest.sentences import Sentence, document_sentences
+from kvi_engine.utils.extras import require
 from kvi_engine.utils.jsonl import read_jsonl
 
 DOCUMENT_SUFFIXES = (".txt", ".md", ".jsonl", ".pdf")
@@ -47,10 +48,7 @@ def _jsonl_documents(path: Path) -> list[Document]:
 
 
 def _pdf_document(path: Path) -> Document:
-    try:
-        from pypdf import PdfReader
-    except ImportError:
-        raise DocumentFormatError(f"{path}: reading PDF needs pypdf: pip install 'kvi-engine[pdf]'") from None
+    PdfReader = require("pypdf", "pdf", f"{path}: reading PDF").PdfReader
     try:
         reader = PdfReader(path)
         # An owner password alone (common) still opens with the empty user password.

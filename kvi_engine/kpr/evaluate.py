@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from kvi_engine.benchmarks import results as bench_results
-from kvi_engine.utils.atomic import atomic_write_bytes
+from kvi_engine.utils.plotting import plot_or_skip, pyplot, save_png
 
 KS = (1, 5, 20)
 
@@ -58,17 +58,22 @@ def format_table(results: dict, ks=KS) -> str:
 
 def write_report(results: dict, out_prefix: str | os.PathLike, meta: dict | None = None, ks=KS) -> list[Path]:
     """``<prefix>.json`` / ``.csv`` in the benchmark result schema (a row per retriever and subset; the nested
-    ``results`` beside them) and ``<prefix>.png`` (grouped bars: recall@k per retriever and subset)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    ``results`` beside them) and ``<prefix>.png`` (grouped bars: recall@k per retriever and subset; skipped with a
+    warning without matplotlib)."""
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     jpath, ppath = out_prefix.with_suffix(".json"), out_prefix.with_suffix(".png")
     rows = [{"retriever": name, "subset": subset, **r} for name, by_subset in results.items()
             for subset, r in by_subset.items()]
     bench_results.write(out_prefix, "kpr-eval", rows, meta or {}, results=results)
+    paths = [jpath, out_prefix.with_suffix(".csv")]
+    if plot_or_skip(_plot, results, ppath, ks):
+        paths.append(ppath)
+    return paths
+
+
+def _plot(results: dict, path: Path, ks) -> None:
+    plt = pyplot(str(path))
     subsets = list(next(iter(results.values())))
     fig, axes = plt.subplots(1, len(subsets), figsize=(4.2 * len(subsets), 3.6), sharey=True)
     axes = np.atleast_1d(axes)
@@ -85,9 +90,4 @@ def write_report(results: dict, out_prefix: str | os.PathLike, meta: dict | None
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle("KPR vs base encoder: held-out entities")
     fig.tight_layout()
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(ppath, buf.getvalue())
-    return [jpath, ppath]
+    save_png(fig, path)

@@ -1,0 +1,33 @@
+"""prefix_attention per mode, storage scheme and backend (the float32 oracle, SDPA over the gathered KV, the fused
+C++ kernel; Triton where it can run natively). Prefill drops the plan's gathered KV before every round (a new batch
+pays it); decode keeps it (later tokens reuse it)."""
+import pytest
+from conftest import PROMPT, SCHEMES, activations, model
+
+from kvi_engine import dispatch
+from kvi_engine.attention import op as attention
+
+BACKENDS = ["reference", "sdpa", "cpp"] + (["triton"] if dispatch.cuda_available() else [])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("mode", ["prefill", "decode"])
+def test_prefix_attention(benchmark, make_plan, mode, scheme, backend):
+    plan = make_plan(scheme)
+    m, _ = model()
+    q, k, v = activations(PROMPT if mode == "prefill" else 1, PROMPT + (mode == "decode"))
+
+    def run():
+        attention.prefix_attention(q, k, v, None, plan, 0, m, backend=backend)
+
+    def fresh():
+        plan.forget(lambda key: isinstance(key[0], int))  # the gathered KV of the unfused path; tables stay
+
+    run()
+    benchmark.extra_info.update(op="prefix_attention", mode=mode, scheme=scheme, backend=backend,
+                                injected_tokens=int(plan.valid.sum()) // plan.batch_size)
+    if mode == "prefill":
+        benchmark.pedantic(run, setup=fresh, rounds=5, iterations=1)
+    else:
+        benchmark(run)
