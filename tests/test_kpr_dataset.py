@@ -1,12 +1,12 @@
 """The committed KPR retrieval set is what the generator produces, and it has no lexical shortcuts."""
 import json
-from pathlib import Path
 
 import pytest
 
 from kvi_engine.kpr.make_dataset import _words, generate
+from kvi_engine.utils.paths import kpr_data_dir
 
-DATA = Path(__file__).resolve().parent.parent / "kvi_engine" / "data" / "kpr"
+DATA = kpr_data_dir()
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from kvi_engine.capsules.capsule import Entity
 from kvi_engine.capsules.statements import anchor_statement
 from kvi_engine.kpr.table import LINKER_FILE, TABLE_FILE, VOCAB_FILE, EntityTable, TableMeta, write_vocab
 from kvi_engine.utils.atomic import atomic_open, atomic_write_bytes, fsync_dir
+from kvi_engine.utils.jsonl import read_jsonl
 
 CONTEXT_MIN_PRIOR = 0.5
 STATE_DIR = ".kpr_build"
@@ -34,19 +35,15 @@ def load_contexts(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such context file")
-    texts = []
+    if path.suffix == ".jsonl":
+        texts = []
+        for lineno, obj in read_jsonl(path, what="context file"):
+            if not isinstance(obj.get("text"), str):
+                raise ValueError(f"{path}:{lineno}: expected an object with a string \"text\"")
+            texts.append(obj["text"])
+        return texts
     with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if path.suffix == ".jsonl":
-                obj = json.loads(line)
-                if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise ValueError(f"{path}:{lineno}: expected an object with a string \"text\"")
-                line = obj["text"]
-            texts.append(line)
-    return texts
+        return [line.strip() for line in f if line.strip()]
 
 
 def surface_forms(entities: Sequence[Entity]) -> tuple[list[str], np.ndarray]:

@@ -59,9 +59,12 @@ def read_vocab(path: str | os.PathLike) -> tuple[list[str], list[str], TableMeta
             raise EntityTableError(f"{path}:1: version {header.get('version')} unsupported (expected {VOCAB_VERSION})")
         names, fps = [], []
         for lineno, line in enumerate(f, 2):
-            row = json.loads(line)
-            names.append(row["name"])
-            fps.append(row["fingerprint"])
+            try:
+                row = json.loads(line)
+                names.append(str(row["name"]))
+                fps.append(str(row["fingerprint"]))
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise EntityTableError(f"{path}:{lineno}: malformed vocabulary row ({type(e).__name__}: {e})") from None
     if len(names) != header["num_entities"]:
         raise EntityTableError(f"{path}: header says {header['num_entities']} entities, file has {len(names)}")
     meta = TableMeta(int(header["dim"]), float(header["norm"]), str(header["source"]), str(header["encoder"]))
