@@ -197,3 +197,57 @@ def test_overlong_prompts_fail_fast_with_a_clear_error(tmp_path):
     ids = __import__("torch").tensor([tok("x " * 4095, add_special_tokens=False).input_ids[:4095]])
     with pytest.raises(ValueError, match="past the model's 4096 positions"), inject(m, bank, [[0, 1]]):
         m(input_ids=ids)
+
+
+def test_position_limit_is_exact_and_follows_the_layout(tmp_path):
+    m, tok = model("qwen2", True), tokenizer(True)
+    bank = compile_bank(m, tok, CAPSULES, tmp_path / "bank", quant="fp32", progress=False)
+    p, lens = bank.prefix_len, bank.ranges[:, 1].tolist()
+    for layout, start in (("stacked", p + lens[0] + lens[4]), ("parallel", p + max(lens[0], lens[4]))):
+        engine = KVIEngine(m, tok, bank, layout=layout)
+        n = int(engine.encode(["Where is Oslo?"], strip_prefix=True)[1].sum())
+        engine.max_positions = start + n + 3 - 1  # 3 new tokens: positions up to start + n + 1 are used
+        out = engine.generate(["Where is Oslo?"], [[0, 4]], max_new_tokens=3, min_new_tokens=3)
+        assert len(out.token_ids[0]) <= 3
+        engine.max_positions -= 1
+        with pytest.raises(ValueError, match=f"row 0: {start} injected"):
+            engine.generate(["Where is Oslo?"], [[0, 4]], max_new_tokens=3)
+
+
+def test_foreign_warnings_do_not_hang_the_cli_and_keep_their_form(tmp_path, monkeypatch, capsys):
+    import warnings
+
+    root = create_tagged_bank(tmp_path / "b", [0, 1], "fp16")
+    real = KVBank.open
+
+    def noisy(*a, **kw):
+        warnings.warn("a library changes its API", FutureWarning)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(KVBank, "open", staticmethod(noisy))
+    t0 = time.perf_counter()
+    with pytest.warns(FutureWarning, match="a library changes its API"):  # handed on as it came, not swallowed
+        assert main(["bank", "inspect", str(root)]) == 0
+    assert time.perf_counter() - t0 < 30 and "warning" not in capsys.readouterr().err
+
+
+def test_banks_the_user_names_through_a_symlink_open(tmp_path):
+    root = create_tagged_bank(tmp_path / "b", [0, 1, 2], "fp16")
+    os.symlink(root, tmp_path / "link")
+    os.symlink(root / "bank.kvb", tmp_path / "file.kvb")
+    assert KVBank.open(tmp_path / "link").live_ids() == [0, 1, 2]
+    assert KVBank.open(tmp_path / "file.kvb", verify=True).live_ids() == [0, 1, 2]
+    updates.remove(tmp_path / "link", [1])  # through the link too: the segments inside are regular files
+    assert KVBank.open(root).live_ids() == [0, 2]
+
+
+def test_jsonl_line_limit_reads_no_more_than_the_limit(tmp_path, monkeypatch):
+    from kvi_engine.utils.jsonl import read_jsonl
+
+    monkeypatch.setenv("KVI_JSONL_MAX_LINE_BYTES", "64")
+    ok = '{"subject": "' + "a" * 49 + '"}'  # 64 bytes before the newline: at the limit, accepted
+    (tmp_path / "x.jsonl").write_text(ok + "\n" + '{"subject": "' + "b" * 60 + '"}\n')
+    rows = read_jsonl(tmp_path / "x.jsonl")
+    assert next(rows)[0] == 1
+    with pytest.raises(ValueError, match=r"x.jsonl:2: line longer than the limit of 64 bytes"):
+        next(rows)

@@ -59,22 +59,13 @@ def _record_fault(rec: dict) -> str:
     return ""
 
 
-def regular_file(root: Path, name: str) -> Path:
-    """``root / name`` if it is a regular file of the bank directory itself: a symlink (which could point anywhere)
-    or anything that is not a plain file is refused before a byte of it is read."""
-    path = root / name
-    if path.is_symlink():
-        raise BankFormatError(f"{path}: bank files must be regular files inside the bank directory, not symlinks")
-    if path.exists() and not path.is_file():
-        raise BankFormatError(f"{path}: not a regular file (a bank file of that name must be one)")
-    return path
-
-
 class Segment:
     """One segment file, mapped at open; tables are checksum-verified on first use."""
 
-    def __init__(self, path: Path):
-        self.c = Container(path, "kvi-bank", (BANK_VERSION,))
+    def __init__(self, path: Path, *, inside: bool = True):
+        # Files named inside a bank directory must be regular files of it: a symlinked segment (which could point
+        # anywhere) is refused unread. A bank file the user names directly may be a link.
+        self.c = Container(path, "kvi-bank", (BANK_VERSION,), follow_symlinks=not inside)
         h = self.c.header
         try:
             self.num_layers, self.num_kv_heads, self.head_dim = (int(h["num_layers"]), int(h["num_kv_heads"]),
@@ -189,19 +180,19 @@ class Snapshot:
     @classmethod
     def open(cls, root: str | os.PathLike) -> "Snapshot":
         root = Path(root)
-        if root.is_file() or root.is_symlink():
-            return cls(root.parent, [Segment(regular_file(root.parent, root.name))], None, 0)
+        if root.is_file():
+            return cls(root.parent, [Segment(root, inside=False)], None, 0)
         missing = None
         for _ in range(_OPEN_RETRIES):
-            mpath = regular_file(root, MANIFEST_FILE)
+            mpath = root / MANIFEST_FILE
             try:
-                manifest = Container(mpath, "kvi-manifest", (BANK_VERSION,))
+                manifest = Container(mpath, "kvi-manifest", (BANK_VERSION,), follow_symlinks=False)
             except FileNotFoundError:
                 if not (root / FIRST_SEGMENT).exists() and not mpath.exists():
                     raise FileNotFoundError(f"{root}: no such bank (neither {MANIFEST_FILE} nor {FIRST_SEGMENT})")
                 if mpath.exists():
                     continue
-                return cls(root, [Segment(regular_file(root, FIRST_SEGMENT))], None, 0)
+                return cls(root, [Segment(root / FIRST_SEGMENT)], None, 0)
             try:
                 entries = manifest.header["segments"]
                 generation = int(manifest.header["generation"])
@@ -211,7 +202,7 @@ class Snapshot:
             if not files or any(os.sep in f or f.startswith(".") for f, _ in files):
                 raise BankFormatError(f"{mpath}: bad segment list {files}")
             try:
-                segments = [Segment(regular_file(root, f)) for f, _ in files]
+                segments = [Segment(root / f) for f, _ in files]
             except FileNotFoundError as e:
                 # A compaction replaced the manifest after we read it: read the new one. The same manifest naming
                 # the same missing file twice is a broken bank, not a race.

@@ -94,7 +94,12 @@ def cmd_accuracy(args) -> int:
     from kvi_engine.eval.bank_accuracy import evaluate, format_table
     from kvi_engine.utils.jsonl import read_jsonl
     caps = load_capsules(args.capsules)
-    prompts = [obj["question"] for _, obj in read_jsonl(args.questions, what="questions file")][:args.prompts]
+    prompts = []
+    for lineno, obj in read_jsonl(args.questions, what="questions file"):
+        if not isinstance(obj.get("question"), str) or not obj["question"].strip():
+            raise ValueError(f"{args.questions}:{lineno}: needs a non-empty string 'question'")
+        prompts.append(obj["question"])
+    prompts = prompts[:args.prompts]
     model, tok = load_model_from(args)
     noise = [float(x) for x in args.noise.split(",")] if args.noise else []
     rows = evaluate(model, tok, caps, prompts, args.schemes.split(","), capsules_per_prompt=args.per_prompt,

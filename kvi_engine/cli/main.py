@@ -1,12 +1,14 @@
 """The ``kvi`` command line. Verb groups, each in its own module: compile, ask, demo, eval, bank, kpr, bench.
 
 Errors users can fix (missing files, malformed JSONL, a bank from another model, bad ids) print one clear line
-and exit with status 2; anything else is a bug and keeps its traceback.
+and exit with status 2 (``KVI_DEBUG=1`` prints the traceback too); anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 import warnings
 
 from kvi_engine.cli import ask, bank, bench, compile, demo, eval, kpr
@@ -29,19 +31,27 @@ def main(argv=None) -> int:
     if len(argv) > 2 and argv[0] == "bench" and argv[2] != "--":
         argv.insert(2, "--")  # benchmarks parse their own options; REMAINDER alone drops leading "--opts"
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("default")
-        try:
-            return args.func(args)
-        except user_errors() as e:
-            print(f"kvi {args.command}: error: {message(e)}", file=sys.stderr)
-            return 2
-        finally:  # one line each, after the command's own output (e.g. an update committed with leftovers)
-            for w in caught:
-                if issubclass(w.category, UserWarning) and w.category.__module__.startswith("kvi_engine"):
-                    print(f"kvi {args.command}: warning: {w.message}", file=sys.stderr)
-                else:
-                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    verb = " ".join(str(v) for v in (args.command, getattr(args, "bank_command", None) or "") if v)
+    show = warnings.showwarning
+
+    def one_line(msg, category, filename, lineno, file=None, line=None):
+        # the engine's own warnings (an update committed with leftovers, a skipped plot) as one line each; every
+        # other warning as Python would show it, under the user's filters
+        if issubclass(category, UserWarning) and category.__module__.startswith("kvi_engine"):
+            print(f"kvi {verb}: warning: {msg}", file=sys.stderr)
+        else:
+            show(msg, category, filename, lineno, file, line)
+
+    warnings.showwarning = one_line
+    try:
+        return args.func(args)
+    except user_errors() as e:
+        if os.environ.get("KVI_DEBUG"):
+            traceback.print_exc()
+        print(f"kvi {verb}: error: {message(e)}", file=sys.stderr)
+        return 2
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

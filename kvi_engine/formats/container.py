@@ -23,6 +23,7 @@ import errno
 import math
 import mmap
 import os
+import stat
 import struct
 import threading
 import zlib
@@ -177,6 +178,10 @@ def write_container(path: str | os.PathLike, kind: str, version: int, meta: dict
     return Path(path)
 
 
+def _article(noun: str) -> str:
+    return "an" if noun[:1].lower() in "aeiou" else "a"
+
+
 def _int(x) -> bool:
     return type(x) is int and x >= 0
 
@@ -186,17 +191,34 @@ class Container:
     ``kind`` (and ``versions``, the supported versions of that kind) are checked when given. Section views are
     created on first use; mapping is O(1) in the file size (pages load when touched)."""
 
-    def __init__(self, path: str | os.PathLike, kind: str | None = None, versions: tuple[int, ...] = (1,)):
+    def __init__(self, path: str | os.PathLike, kind: str | None = None, versions: tuple[int, ...] = (1,), *,
+                 follow_symlinks: bool = True):
         self.path = Path(path)
         what = KINDS.get(kind, "kvi-engine file")
-        if not self.path.is_file():
-            if self.path.exists():
-                raise FormatError(f"{self.path}: not a regular file (expected a {what})")
-            raise FileNotFoundError(errno.ENOENT, f"no such {what}", str(self.path))
-        with open(self.path, "rb") as f:  # one descriptor: header and data come from the same file version
-            size = os.fstat(f.fileno()).st_size
+        # One descriptor: the type check, the header and the data all come from the same file version. Without
+        # follow_symlinks a symlink is refused by the open itself (O_NOFOLLOW), so no check-then-open race.
+        flags = os.O_RDONLY | (0 if follow_symlinks else getattr(os, "O_NOFOLLOW", 0))
+        try:
+            fd = os.open(self.path, flags)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, f"no such {what}", str(self.path)) from None
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise FormatError(f"{self.path}: a symlink, where the {what} must be a regular file") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise FormatError(f"{self.path}: not a regular file (expected {_article(what)} {what})")
+        with os.fdopen(fd, "rb") as f:
+            size = st.st_size
+            head = f.read(len(MAGIC))
+            if head == RETIRED_MAGIC:  # before the size check: small old files get the rebuild message too
+                raise FormatError(f"{self.path}: written by an older kvi-engine in the retired 'KVISECT' container; "
+                                  f"{REBUILD.get(kind, 'rebuild it with this version')}")
             if size < PREAMBLE_SIZE:
-                raise FormatError(f"{self.path}: truncated preamble ({size} of {PREAMBLE_SIZE} bytes; not a {what})")
+                raise FormatError(f"{self.path}: truncated preamble ({size} of {PREAMBLE_SIZE} bytes; not "
+                                  f"{_article(what)} {what})")
             self._buf = np.memmap(f, dtype=np.uint8, mode="c", shape=(size,))  # copy-on-write, whole file
         mm = getattr(self._buf, "_mmap", None)
         if hasattr(mm, "madvise"):
@@ -204,9 +226,6 @@ class Container:
             # touched page (measured: 6.6x the pages touched on a 1M-capsule bank; kvi bench bank-scale).
             mm.madvise(mmap.MADV_RANDOM)
         magic, cversion, _, hoff, hlen, hcrc = _PREAMBLE.unpack_from(self._buf)
-        if magic == RETIRED_MAGIC:
-            raise FormatError(f"{self.path}: written by an older kvi-engine in the retired 'KVISECT' container; "
-                              f"{REBUILD.get(kind, 'rebuild it with this version')}")
         if magic not in (MAGIC, LEGACY_MAGIC):
             raise FormatError(f"{self.path}: not a {what} (unknown magic number)")
         supported = (1,) if magic == LEGACY_MAGIC else (FORMAT_VERSION,)

@@ -18,6 +18,7 @@ import torch
 
 from kvi_engine.bank.bank import KVBank
 from kvi_engine.generate.inject import inject
+from kvi_engine.plan.plan import build_plan
 
 
 @dataclass(slots=True)
@@ -75,18 +76,19 @@ class KVIEngine:
         return ids.to(self.device), mask.to(self.device)
 
     def check_lengths(self, prompt_tokens: Sequence[int], capsule_ids, max_new_tokens: int) -> None:
-        """Raise ValueError for a row over ``max_prompt_tokens`` or past the model's positions."""
-        lengths = self.bank.ranges[:, 1] if capsule_ids is not None else None
+        """Raise ValueError for a row over ``max_prompt_tokens`` or past the model's positions. A row's prompt
+        starts where its plan puts it (stacked: after every capsule; parallel: after the longest); generating
+        ``new`` tokens feeds ``new - 1`` of them back, so the last position used is ``start + n + new - 2``."""
+        offsets = None
+        if capsule_ids is not None:
+            offsets = build_plan(self.bank, capsule_ids, layout=self.layout).prompt_offset.tolist()
         for r, n in enumerate(prompt_tokens):
             if n > self.max_prompt_tokens:
                 raise ValueError(f"prompt {r} has {n:,} tokens, more than max_prompt_tokens = "
                                  f"{self.max_prompt_tokens:,} (raise it with KVI_MAX_PROMPT_TOKENS)")
-            injected = 0
-            if capsule_ids is not None:
-                ids = [self.bank._check_id(c) for c in capsule_ids[r]]
-                injected = self.bank.prefix_len + int(lengths[ids].sum()) if ids else self.bank.prefix_len
-            if self.max_positions and injected + n + max_new_tokens > self.max_positions:
-                raise ValueError(f"row {r}: {injected:,} injected + {n:,} prompt + {max_new_tokens:,} new tokens "
+            start = offsets[r] if offsets is not None else 0
+            if self.max_positions and start + n + max(max_new_tokens, 1) - 1 > self.max_positions:
+                raise ValueError(f"row {r}: {start:,} injected + {n:,} prompt + {max_new_tokens:,} new tokens "
                                  f"exceed the model's {self.max_positions:,} positions")
 
     @torch.no_grad()

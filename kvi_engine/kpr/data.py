@@ -30,6 +30,8 @@ def load_pairs(path: str | os.PathLike, corpus: dict[str, str]) -> list[tuple[st
     pairs = []
     for lineno, obj in _rows(path, {"query": str, "positive": str}):
         negs = obj.get("negatives", [])
+        if not isinstance(negs, list) or not all(isinstance(n, str) for n in negs):
+            raise ValueError(f"{path}:{lineno}: field 'negatives' must be a list of passage ids")
         for pid in [obj["positive"], *negs]:
             if pid not in corpus:
                 raise ValueError(f"{path}:{lineno}: passage {pid!r} is not in the corpus")
@@ -42,6 +44,8 @@ def load_pairs(path: str | os.PathLike, corpus: dict[str, str]) -> list[tuple[st
 def load_queries(path: str | os.PathLike, corpus: dict[str, str]) -> list[dict]:
     queries = []
     for lineno, obj in _rows(path, {"query": str, "positives": list}):
+        if not all(isinstance(p, str) for p in obj["positives"]):
+            raise ValueError(f"{path}:{lineno}: field 'positives' must be a list of passage ids")
         missing = [p for p in obj["positives"] if p not in corpus]
         if missing or not obj["positives"]:
             raise ValueError(f"{path}:{lineno}: positives {missing or '[]'} not in the corpus")

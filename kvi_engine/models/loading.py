@@ -1,8 +1,9 @@
 """Model loading: real Hugging Face models by hub name or local directory, with an offline-aware fallback.
 
 A hub name is resolved from the local cache only when the hub cannot be reached: reachability is probed once per
-process with a 2 s TCP connect (``HF_HUB_OFFLINE=1`` skips the probe), so a machine without network falls back in
-about that time instead of spending ~50 s in per-file retries. A model the user named is never replaced by the
+process with a 2 s TCP connect to the hub, or to the proxy of ``HTTPS_PROXY``/``ALL_PROXY`` when one is set
+(``HF_HUB_OFFLINE=1`` skips the probe), so a machine without network falls back in about that time instead of
+spending ~50 s in per-file retries. A model the user named is never replaced by the
 fallback: its load error is raised.
 """
 from __future__ import annotations
@@ -29,6 +30,12 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if url.scheme == "https" and os.environ.get(v)), None) or \
+        next((os.environ[v] for v in ("HTTP_PROXY", "http_proxy") if url.scheme == "http" and os.environ.get(v)), None)
+    if proxy and not _bypassed(host):  # behind a proxy the hub is reached through it: probe the proxy instead
+        p = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname or host, p.port or 3128
     ok = threading.Event()
 
     def probe():
@@ -42,6 +49,12 @@ def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
     t.start()
     t.join(timeout)
     return ok.is_set()
+
+
+def _bypassed(host: str) -> bool:
+    """Whether NO_PROXY names ``host`` (exactly or as a domain suffix)."""
+    entries = [e.strip().lstrip(".") for e in (os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or "").split(",")]
+    return any(e == "*" or host == e or host.endswith("." + e) for e in entries if e)
 
 
 def _pretrained(name: str, dtype):

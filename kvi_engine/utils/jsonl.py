@@ -42,9 +42,14 @@ def read_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError, wha
         raise FileNotFoundError(f"{path}: no such {what}")
     limit = max_line_bytes()
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if len(raw) > limit:
-                raise error(f"{path}:{lineno}: line of {len(raw):,} bytes exceeds the limit of {limit:,} "
+        lineno = 0
+        while True:
+            raw = f.readline(limit + 1)  # never more than the limit in memory, whatever the file holds
+            if not raw:
+                break
+            lineno += 1
+            if len(raw) > limit and not raw.endswith(b"\n"):  # the cap cut the line: it holds more than limit
+                raise error(f"{path}:{lineno}: line longer than the limit of {limit:,} bytes "
                             "(KVI_JSONL_MAX_LINE_BYTES)")
             try:
                 line = raw.decode("utf-8")
