@@ -79,3 +79,27 @@ def test_triton_generation_equals_reference(monkeypatch):
     calls = spy(monkeypatch, kernel, "prefix_attention_fwd")
     got = KVIEngine(m, tok, bank_, backend="triton").generate(prompts, caps, max_new_tokens=3).token_ids
     assert got == want and len(calls) >= 3 * m.config.num_hidden_layers
+
+
+@pytest.mark.skipif(not dispatch.triton_runnable(), reason="needs Triton (GPU or TRITON_INTERPRET=1)")
+def test_triton_after_evictions_equals_reference(monkeypatch, tmp_path):
+    """A device cache with room for one row's capsules: every forward evicts the previous one's, and the Triton
+    path still reads the right slots (its tables are rebuilt from the cache's epoch)."""
+    m, tok = model("llama", True), tokenizer(True)
+    b = compile_bank(m, tok, CAPSULES, tmp_path / "b", quant="int4", entities=ENTITIES, progress=False)
+    rows = [[0, 1, 5], [2, 3], [0, 1, 5]]
+    need = max(sum(-(-int(b.ranges[c, 1]) // 16) for c in r) for r in rows) * 16
+    monkeypatch.setenv("KVI_DEVICE_CACHE_TOKENS", str(need))
+    ids = torch.tensor([tok("Which disease does SFTSV cause?", add_special_tokens=False).input_ids])
+    cache = b.device_cache("cpu")
+    for row, other in zip(rows, rows[1:] + rows[:1]):
+        with torch.no_grad():
+            with inject(m, b, [row], backend="reference"):
+                want = m(input_ids=ids).logits
+            with inject(m, b, [row], backend="triton"):
+                first = m(input_ids=ids).logits
+                cache.fetch(other)  # another request's capsules take the pool between two forwards of this plan
+                again = m(input_ids=ids).logits
+        torch.testing.assert_close(first, want, atol=1e-4, rtol=0)
+        torch.testing.assert_close(again, want, atol=1e-4, rtol=0)
+    assert cache.stats.evictions >= 3

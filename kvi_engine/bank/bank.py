@@ -230,12 +230,18 @@ class KVBank:
         """This snapshot's storage-form residency cache on ``device`` (what the Triton path reads), created on first
         use. Capacity: ``KVI_DEVICE_CACHE_TOKENS`` token slots, default room for every capsule of the bank."""
         dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:  # "cuda" and "cuda:N" (the current one) share one cache
+            dev = torch.device("cuda", torch.cuda.current_device())
         key = (dev.type, dev.index)
         cache = self._device_caches.get(key)
         if cache is None:
             block = 16
             whole = int((-(-self.ranges[:, 1] // block)).sum()) * block
-            capacity = int(os.environ.get("KVI_DEVICE_CACHE_TOKENS", 0)) or max(whole, block)
+            raw = os.environ.get("KVI_DEVICE_CACHE_TOKENS", "").strip()
+            try:
+                capacity = int(raw or 0) or max(whole, block)
+            except ValueError:
+                raise ValueError(f"KVI_DEVICE_CACHE_TOKENS={raw!r}: expected a number of token slots") from None
             cache = self._device_caches[key] = DeviceKVCache(self, dev, capacity_tokens=capacity, block=block,
                                                              dtype=None)
         return cache

@@ -13,9 +13,15 @@ variable-length capsules never fragment the pool) and is resident at every layer
 coalesced transfer per section (float form: per layer): the missing tokens gathered on the host, staged in pinned
 memory when the device is CUDA, one copy to the device, one scatter into the pool. The cache belongs to one bank
 snapshot; ``epoch`` counts evictions, so a table built over pool slots knows when to rebuild.
+
+Thread safety: residency changes (``fetch``/``place``/``gather``) hold the cache's lock, so two threads never hand
+out the same blocks. A table built over pool slots stays valid only until the next fetch that evicts: the engine runs
+one forward at a time per cache (a server batches requests into one forward rather than running forwards side by
+side), and every table checks ``epoch`` before use.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -63,6 +69,7 @@ class DeviceKVCache:
         self._pin = self.device.type == "cuda"
         self.epoch = 0
         self.stats = CacheStats()
+        self._lock = threading.RLock()
 
     @property
     def k(self) -> torch.Tensor:
@@ -96,33 +103,40 @@ class DeviceKVCache:
         need = [-(-int(ranges[c, 1]) // self.block) for c in missing]
         if sum(need) > self.num_blocks:
             raise ValueError(f"{len(missing)} capsules need {sum(need)} blocks; the cache has {self.num_blocks} "
-                             f"(raise its capacity: KVI_DEVICE_CACHE_TOKENS)")
+                             f"(raise its capacity with KVI_DEVICE_CACHE_TOKENS, in token slots)")
         self._evict_until(sum(need), set(ids))
-        src, dst = [], []
+        placed: dict[int, torch.Tensor] = {}
         for c, nb in zip(missing, need):
             start, n = ranges[c].tolist()
             blocks = torch.tensor([self._free.pop() for _ in range(nb)])
-            slots = (blocks[:, None] * self.block + torch.arange(self.block)).reshape(-1)[:n]
-            self._lru[c] = slots
-            src.append(torch.arange(start, start + n))
-            dst.append(slots)
-        if self.dtype is not None:
-            self._load_float(torch.cat(src), torch.cat(dst).to(self.device))
-        else:
-            self._load_stored(missing)
+            placed[c] = (blocks[:, None] * self.block + torch.arange(self.block)).reshape(-1)[:n]
+        try:
+            if self.dtype is not None:
+                src = torch.cat([torch.arange(int(ranges[c, 0]), int(ranges[c, 0]) + len(placed[c])) for c in missing])
+                self._load_float(src, torch.cat([placed[c] for c in missing]).to(self.device))
+            else:
+                self._load_stored(placed)
+        except BaseException:
+            # A failed load registers nothing: its blocks go back to the free list, the pool's other residents stand.
+            for slots in placed.values():
+                self._free.extend(sorted({int(s) // self.block for s in slots.tolist()}, reverse=True))
+            raise
+        self._lru.update(placed)
 
     def fetch(self, capsule_ids) -> torch.Tensor:
         """Make ``capsule_ids`` resident; returns their tokens' pool slots, concatenated in the given order
         (int64, on the cache's device)."""
         ids = [self.bank._check_id(int(c)) for c in capsule_ids]
-        self._make_resident(ids)
-        return torch.cat([self._lru[c] for c in ids]).to(self.device)
+        with self._lock:
+            self._make_resident(ids)
+            return torch.cat([self._lru[c] for c in ids]).to(self.device)
 
     def place(self, capsule_ids) -> dict[int, tuple[torch.Tensor, int]]:
         """Make ``capsule_ids`` resident; ``{id: (token slots [n] int64 on the CPU, pool capsule row)}``."""
         ids = [self.bank._check_id(int(c)) for c in capsule_ids]
-        self._make_resident(ids)
-        return {c: (self._lru[c], int(self._lru[c][0]) // self.block) for c in ids}
+        with self._lock:
+            self._make_resident(ids)
+            return {c: (self._lru[c], int(self._lru[c][0]) // self.block) for c in ids}
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         if self._pin:
@@ -137,19 +151,20 @@ class DeviceKVCache:
             self.k[layer].index_copy_(0, slots, kv[0])
             self.v[layer].index_copy_(0, slots, kv[1])
 
-    def _load_stored(self, capsules: list[int]) -> None:
-        """Copy the capsules' codes and params from their segments into the pool, bytes unchanged."""
+    def _load_stored(self, placed: dict[int, torch.Tensor]) -> None:
+        """Copy the capsules' codes and params from their segments into their ``placed`` pool slots, bytes
+        unchanged."""
         snap = self.bank.snapshot
         seg_of, row_of = snap.locations
         by_segment: dict[int, list[int]] = {}
-        for c in capsules:
+        for c in placed:
             by_segment.setdefault(int(seg_of[c]), []).append(c)
         for s, caps in by_segment.items():
             seg = snap.segments[s]
             rows = np.array([int(row_of[c]) for c in caps], np.int64)
             local = np.concatenate([np.arange(a, a + n) for a, n in seg.table[rows]])
-            slots = torch.cat([self._lru[c] for c in caps]).to(self.device)
-            first_blocks = torch.tensor([int(self._lru[c][0]) // self.block for c in caps], device=self.device)
+            slots = torch.cat([placed[c] for c in caps]).to(self.device)
+            first_blocks = torch.tensor([int(placed[c][0]) // self.block for c in caps], device=self.device)
             for name, pool in self.pool.items():
                 per_capsule = capsule_axis(self.bank.spec, name)
                 arr = np.ascontiguousarray(seg.c.array(name)[:, rows if per_capsule else local])
@@ -170,14 +185,14 @@ class DeviceKVCache:
     def gather(self, layer: int, capsule_ids) -> tuple[torch.Tensor, torch.Tensor]:
         """``[tokens, kv_heads, head_dim]`` keys and values of ``capsule_ids`` (concatenated) from the pool, in the
         pool's float dtype (storage form: dequantised to float32 with the reference codec)."""
-        idx = self.fetch(capsule_ids)
+        rows = self.place(capsule_ids)  # one residency change: hits and misses counted once
+        idx = torch.cat([rows[int(c)][0] for c in capsule_ids]).to(self.device)
         if self.dtype is not None:
             return self.k[layer].index_select(0, idx), self.v[layer].index_select(0, idx)
         from kvi_engine.bank import quant
 
         spec, out = self.bank.spec, []
-        rows = self.place(capsule_ids)
-        crow = torch.cat([torch.full((len(rows[c][0]),), rows[c][1]) for c in capsule_ids]).to(self.device)
+        crow = torch.cat([torch.full((len(rows[int(c)][0]),), rows[int(c)][1]) for c in capsule_ids]).to(self.device)
         for p in ("k", "v"):
             codes = self.pool[p][layer].index_select(0, idx)
             if not spec.quantised:

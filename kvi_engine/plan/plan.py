@@ -46,10 +46,11 @@ class InjectionPlan:
     def num_slots(self) -> int:
         return self.prefix_len + self.token_index.shape[1]
 
-    def cached(self, key, build: Callable[[], object]):
-        """``build()`` once per ``key`` for the plan's life (tables, gathered KV, kernel arguments)."""
+    def cached(self, key, build: Callable[[], object], valid: Callable[[object], bool] | None = None):
+        """``build()`` once per ``key`` for the plan's life (tables, gathered KV, kernel arguments); again when
+        ``valid(entry)`` says the stored entry went stale (tables over a device pool that evicted since)."""
         hit = self._cache.get(key)
-        if hit is None:
+        if hit is None or (valid is not None and not valid(hit)):
             hit = self._cache[key] = build()
         return hit
 

@@ -74,7 +74,8 @@ def pool_tables(plan, cache) -> SlotTables:
     """The plan over a :class:`~kvi_engine.bank.residency.DeviceKVCache` in storage form: every injected capsule
     made resident (at once: a capsule is resident at every layer), tokens indexing pool slots -- one kernel pass,
     whatever the number of segments. Valid while the cache keeps the plan's capsules (it evicts only for a later
-    fetch that needs the room, and checks the plan's generation against its own before every use)."""
+    fetch that needs the room): the entry stores the cache's ``epoch`` after placing, and a later use after any
+eviction rebuilds (placing the capsules again). One entry per cache, so a long-lived plan does not pile up tables."""
     def build():
         B, p = plan.batch_size, plan.prefix_len
         ids = list(dict.fromkeys(c for row in plan.capsule_ids for c in row))
@@ -92,8 +93,9 @@ def pool_tables(plan, cache) -> SlotTables:
         visible = torch.cat([torch.ones(*_visibility(plan).shape[:-1], p, dtype=torch.bool), _visibility(plan)], -1)
         inv_freq, scaling = _rope(plan, cache.device)
         i32 = [x.to(cache.device, torch.int32).contiguous() for x in (token, _positions(plan), capsule_row)]
-        return SlotTables(*i32, visible.to(cache.device, torch.uint8).contiguous(), inv_freq, scaling, p, -1)
-    return plan.cached(("pool_tables", id(cache), cache.epoch), build)
+        tables = SlotTables(*i32, visible.to(cache.device, torch.uint8).contiguous(), inv_freq, scaling, p, -1)
+        return cache.epoch, tables  # the epoch after placing: our own evictions do not make the entry stale
+    return plan.cached(("pool_tables", id(cache)), build, valid=lambda hit: hit[0] == cache.epoch)[1]
 
 
 def rope_table(plan, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
