@@ -46,6 +46,27 @@ def test_table_row_whose_end_wraps_int64_is_refused(bank_dir):
         KVBank.open(bank_dir).token_ids(3)  # not a silent []
 
 
+def overlap_table(seg):
+    h, data = section_bytes(seg, "capsule_table")
+    table = np.frombuffer(data, np.int64).reshape(-1, 2).copy()
+    table[1, 0] = table[0, 0] + 1  # in range, sorted, but capsule 1 starts inside capsule 0
+    forge(seg, h, {"capsule_table": table.tobytes()})
+
+
+def test_overlapping_table_rows_are_refused(bank_dir):
+    overlap_table(bank_dir / "bank.kvb")
+    with pytest.raises(FormatError, match="overlapping"):
+        KVBank.open(bank_dir).verify()
+
+
+def test_verify_reads_the_tables_of_a_segment_whose_capsules_were_all_removed(bank_dir):
+    updates.remove(bank_dir, [0, 1, 2, 3])
+    KVBank.open(bank_dir).verify()
+    overlap_table(bank_dir / "bank.kvb")  # no live capsule reads this table any more; compact still would
+    with pytest.raises(FormatError, match="capsule_table"):
+        KVBank.open(bank_dir).verify()
+
+
 def test_huge_counts_over_empty_sections_are_refused(bank_dir):
     seg = bank_dir / "bank.kvb"
     h = read_header(seg)
@@ -251,3 +272,18 @@ def test_jsonl_line_limit_reads_no_more_than_the_limit(tmp_path, monkeypatch):
     assert next(rows)[0] == 1
     with pytest.raises(ValueError, match=r"x.jsonl:2: line longer than the limit of 64 bytes"):
         next(rows)
+
+
+def test_a_segment_write_that_fails_at_close_leaves_no_file(tmp_path):
+    from kvi_engine.bank.spec import QuantSpec
+    from kvi_engine.testing.synth_bank import DIMS, _writer, tagged_capsules
+
+    meta, token_ids, k, v = tagged_capsules([0, 1], DIMS)
+    w = _writer(tmp_path / "seg.kvb", QuantSpec.parse("int8"), [len(t) for t in token_ids],
+                np.concatenate([np.asarray(t, np.int32) for t in token_ids]), meta, DIMS)
+    for layer in range(DIMS["num_layers"]):
+        w.put(layer, np.arange(2), k[layer], v[layer])
+    w.header["sections"] = {}  # a field the container owns: the header write refuses it
+    with pytest.raises(ValueError, match="container's own"):
+        w.close()
+    assert list(tmp_path.iterdir()) == []  # neither the segment nor its temporary file

@@ -115,9 +115,12 @@ def test_from_entities_save_load(backend, tmp_path):
     assert [m.text for m in l.link(texts)[0]] == ["SFTS virus", "SFTSV", "Houston", "U.S"]
     g = kvi.KnowledgeGraph.from_capsules([], ents)
     assert EntityLinker.from_graph(g, backend=backend).link(texts) == l.link(texts)
-    (tmp_path / "bad").write_bytes(b"KVISECT\0" + b"\xff" * 40)
-    with pytest.raises(FormatError):
+    (tmp_path / "bad").write_bytes(b"KVISECT\0" + b"\xff" * 40)  # shorter than any container header
+    with pytest.raises(FormatError, match="retired 'KVISECT'.*rebuild"):
         EntityLinker.load(tmp_path / "bad", backend=backend)
+    (tmp_path / "old").write_bytes(b"KVISECT\0" + b"\x00" * 4096)  # a whole old file: same message
+    with pytest.raises(FormatError, match="retired 'KVISECT'.*rebuild"):
+        EntityLinker.load(tmp_path / "old", backend=backend)
 
 
 ALPHABET = list("abcAB  .-,") + ["é", "e\u0301", "ß", "東", "京", "ﬁ", "\u00ad", "İ", "\t", "Ⅻ", "😀"]

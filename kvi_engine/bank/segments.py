@@ -111,8 +111,10 @@ class Segment:
         # start + length is compared as start > num_tokens - length: a forged (2^62, 2^62) row cannot wrap int64
         if t.shape != (self.num_capsules, 2) or t.dtype != np.int64 or (t.size and (
                 t[:, 0].min() < 0 or t[:, 1].min() < 1 or t[:, 1].max() > self.num_tokens or
-                (t[:, 0] > self.num_tokens - t[:, 1]).any() or (np.diff(t[:, 0]) < 0).any())):
-            raise BankFormatError(f"{self.path}: section 'capsule_table' holds out-of-range or unsorted token ranges")
+                (t[:, 0] > self.num_tokens - t[:, 1]).any() or (t[1:, 0] - t[:-1, 0] < t[:-1, 1]).any())):
+            # rows in token order, none overlapping the next (the differences cannot wrap once rows are in range)
+            raise BankFormatError(f"{self.path}: section 'capsule_table' holds out-of-range, unsorted or "
+                                  f"overlapping token ranges")
         return t
 
     @cached_property
@@ -273,7 +275,8 @@ class Snapshot:
             self.manifest.verify()
         for s in self.segments:
             s.c.verify()
-        _ = self.ranges, [s.meta for s in self.segments]
+        # every segment's tables, those whose capsules were all removed included (compact would still read them)
+        _ = [(s.table, s.meta, s.token_ids, s.capsule_ids) for s in self.segments], self.ranges
         seg, row = self.locations
         for si, s in enumerate(self.segments):
             mine = np.flatnonzero(seg == si)
@@ -357,11 +360,15 @@ class SegmentWriter:
         self.out[name][layer] = arr
 
     def close(self) -> "Segment":
-        for arr in self.out.values():
-            if isinstance(arr, np.memmap):
-                arr.flush()
-        self.out = {}
-        self.w.close(self.header)
+        try:
+            for arr in self.out.values():
+                if isinstance(arr, np.memmap):
+                    arr.flush()
+            self.out = {}
+            self.w.close(self.header)
+        except BaseException:  # a failed flush or header write (disk full): no temporary file left behind
+            self.abort()
+            raise
         return Segment(self.path)
 
     def abort(self) -> None:
