@@ -15,7 +15,12 @@ entries = doc["benchmarks"]
 pairs = {(b["extra_info"]["op"], b["extra_info"]["backend"]) for b in entries}
 ops = {op for op, _ in pairs}
 assert doc["machine_info"].get("cpu") and "commit_info" in doc, "machine or commit missing"
-assert {"prefix_attention", "codec_encode", "bank_dequant", "slot_gather", "build_plan", "traverse_2hop",
-        "link"} <= ops, f"ops missing: {ops}"
+triton = ["triton"] if __import__("torch").cuda.is_available() else []
+want = ({("prefix_attention", b) for b in ["reference", "sdpa", "cpp"] + triton}
+        | {(op, b) for op in ("codec_encode", "bank_dequant", "slot_gather") for b in ("cpp", "reference")}
+        | {("build_plan", "numpy")}
+        | {("traverse_2hop", b) for b in ("cpp", "reference", "networkx")}
+        | {("link", b) for b in ("cpp", "reference", "pyahocorasick")})
+assert pairs == want, f"op x backend pairs missing: {sorted(want - pairs)}; unexpected: {sorted(pairs - want)}"
 print(f"micro-benchmarks: {len(entries)} entries, {len(pairs)} op x backend pairs -> {sys.argv[1]}")
 PY

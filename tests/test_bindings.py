@@ -84,6 +84,14 @@ def array_mutations(a: np.ndarray):
                 yield f"index {v}", b
 
 
+# Arguments whose every value is valid: codes and float-format KV (any bit pattern decodes), masks (non-zero is
+# visible), linker entity ids (a payload returned as given), a hop limit (the graph bounds the walk), and the group
+# size a float format ignores. Every other integer argument is an index or a count, checked against its range.
+VALUE_ARGS = {"codes", "bank_k", "bank_v", "visible", "allowed", "entity_ids", "max_hops",
+              ("prefix_attention fp16", "group_size")}
+REJECTED = "rejected"  # any of ALLOWED, never "ok"
+
+
 def cases():
     """(name, binding, kwargs) of invalid calls, plus a few valid ones (the baseline must pass)."""
     out = []
@@ -91,12 +99,15 @@ def cases():
     def mutate(name, fn, valid):
         out.append((f"{name}: valid", fn, valid, "ok"))
         for key, val in valid.items():
+            # an index or count out of range must be refused; a value argument may take any value of its dtype
+            out_of_range = None if key in VALUE_ARGS or (name, key) in VALUE_ARGS else REJECTED
             if isinstance(val, np.ndarray):
                 for what, bad in array_mutations(val):
-                    out.append((f"{name}: {key} {what}", fn, {**valid, key: bad}, None))
+                    out.append((f"{name}: {key} {what}", fn, {**valid, key: bad},
+                                out_of_range if what.startswith("index") else None))
             elif isinstance(val, int) and not isinstance(val, bool):
                 for v in HUGE:
-                    out.append((f"{name}: {key}={v}", fn, {**valid, key: v}, None))
+                    out.append((f"{name}: {key}={v}", fn, {**valid, key: v}, out_of_range))
 
     g = graph_args()
     mutate("build_csr", lambda **k: _core.build_csr(k["key"], k["num_keys"]), dict(key=g["subj"], num_keys=3))
@@ -185,10 +196,12 @@ def test_every_binding_rejects_every_invalid_layout_without_a_signal():
     wrong = []
     for i, (name, _, _, want) in enumerate(CASES):
         got = results[i]
-        if want is not None and got != want or want is None and got not in ALLOWED + ("ok",):
+        if want == REJECTED and got not in ALLOWED or want not in (None, REJECTED) and got != want \
+                or want is None and got not in ALLOWED + ("ok",):
             wrong.append(f"{name}: {got} (want {want or ' / '.join(ALLOWED)})")
     assert not wrong, "\n".join(wrong)
-    invalid = [i for i, c in enumerate(CASES) if c[3] is None]
+    assert sum(c[3] == REJECTED for c in CASES) > 100  # most mutations hit an index or a count
+    invalid = [i for i, c in enumerate(CASES) if c[3] in (None, REJECTED)]
     rejected = sum(results[i] in ALLOWED for i in invalid)
     assert rejected > 0.8 * len(invalid), f"only {rejected} of {len(invalid)} invalid calls were rejected"
     assert len(CASES) > 300

@@ -12,6 +12,7 @@ import os
 import pytest
 import torch
 
+from kvi_engine.benchmarks.attention import capsule_rows
 from kvi_engine.benchmarks.ttft import synthetic_capsules
 from kvi_engine.compile.compiler import compile_bank
 from kvi_engine.plan.plan import build_plan
@@ -47,21 +48,6 @@ def bank(scheme: str, root: str):
                         progress=False)
 
 
-def rows(b, batch: int, tokens: int) -> list[list[int]]:
-    lengths = b.ranges[:, 1].tolist()
-    out = []
-    for r in range(batch):
-        row, total, j = [], 0, 0
-        while total < tokens:
-            c = (r * 37 + j * 11) % b.num_capsules
-            if c not in row:
-                row.append(c)
-                total += lengths[c]
-            j += 1
-        out.append(row)
-    return out
-
-
 @pytest.fixture(scope="session")
 def root(tmp_path_factory):
     return str(tmp_path_factory.mktemp("micro"))
@@ -74,7 +60,7 @@ def make_bank(root):
 
 @pytest.fixture(scope="session")
 def make_plan(make_bank):
-    return lambda scheme: build_plan(make_bank(scheme), rows(make_bank(scheme), BATCH, INJECTED))
+    return lambda scheme: build_plan(make_bank(scheme), capsule_rows(make_bank(scheme), BATCH, INJECTED))
 
 
 def activations(q_len: int, kv_len: int, seed: int = 0):

@@ -4,6 +4,7 @@ import pytest
 
 from kvi_engine.benchmarks.graph import power_law_graph
 from kvi_engine.graph.knowledge_graph import KnowledgeGraph
+from kvi_engine.utils.extras import require
 
 N, T, R, QUERIES = 20_000, 100_000, 16, 64
 
@@ -23,7 +24,7 @@ def test_two_hop(benchmark, graph, backend):
     graphs, arrays, seeds = graph
     benchmark.extra_info.update(op="traverse_2hop", backend=backend, entities=N, triples=T, queries=len(seeds))
     if backend == "networkx":
-        nx = pytest.importorskip("networkx")
+        nx = require("networkx", "bench", "the networkx traversal baseline")
         g = nx.MultiDiGraph()
         g.add_edges_from(zip(arrays["subj"].tolist(), arrays["obj"].tolist()))
         u = g.to_undirected(as_view=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from kvi_engine.graph.linker import EntityLinker
+from kvi_engine.utils.extras import require
 
 NAMES = 20_000
 
@@ -27,7 +28,7 @@ def test_link(benchmark, corpus, backend):
     names, texts, mb = corpus
     benchmark.extra_info.update(op="link", backend=backend, names=len(names), text_mb=round(mb, 3))
     if backend == "pyahocorasick":
-        ahocorasick = pytest.importorskip("ahocorasick")
+        ahocorasick = require("ahocorasick", "bench", "the pyahocorasick linking baseline")
         a = ahocorasick.Automaton()
         for i, n in enumerate(names):
             a.add_word(n.lower(), i)

@@ -24,6 +24,7 @@ Writes bench/results/attention_<device>.{csv,json}.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import tempfile
 import time
@@ -50,16 +51,23 @@ def bank_for(scheme: str, geometry: dict, num_capsules: int, root: str, device: 
 
 
 def capsule_rows(bank, batch: int, tokens: int) -> list[list[int]]:
+    """``batch`` rows of distinct capsules holding at least ``tokens`` injected tokens each, spread over the bank
+    (a stride of 11 from a per-row start, so rows differ and overlap)."""
     lengths = bank.ranges[:, 1].tolist()
+    n = bank.num_capsules
+    if sum(lengths) < tokens:
+        raise ValueError(f"a row of {tokens} injected tokens needs a bank of at least that many; this one holds "
+                         f"{sum(lengths)} in {n} capsules")
+    stride = 11 if math.gcd(11, n) == 1 else 1  # a stride coprime to n visits every capsule
     rows = []
     for r in range(batch):
-        row, total, j = [], 0, 0
-        while total < tokens:
-            c = (r * 37 + j * 11) % bank.num_capsules
-            if c not in row:
-                row.append(c)
-                total += lengths[c]
-            j += 1
+        row, total = [], 0
+        for j in range(n):
+            if total >= tokens:
+                break
+            c = (r * 37 + j * stride) % n
+            row.append(c)
+            total += lengths[c]
         rows.append(row)
     return rows
 
