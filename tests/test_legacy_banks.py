@@ -33,6 +33,7 @@ def test_a_version_1_bank_opens_verifies_and_reads_its_tags(legacy):
 def test_a_version_1_manifest_reads_like_a_bank_written_today(legacy, tmp_path):
     old = KVBank.open(legacy / "v1-int4-manifest", verify=True)
     assert old.live_ids() == [0, 2, 3, 4, 5] and len(old.segments) == 2
+    assert old.describe()["container_versions"] == [1]
     with pytest.raises(KeyError, match="removed"):
         old.token_ids(1)
     new = KVBank.open(create_tagged_bank(tmp_path / "new", [0, 1, 2, 3, 4, 5], "int4:g8"))

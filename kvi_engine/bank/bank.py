@@ -256,7 +256,11 @@ class KVBank:
         fp.check(self.fingerprint, model, tokenizer, where=str(self.path))
 
     def describe(self) -> dict:
+        # container version per file (1: written before the one-container format; compact rewrites to the
+        # current one) and the bank layout version inside it
         return {"path": str(self.path), "format_version": self.header["format_version"],
+                "container_versions": sorted({s.c.format_version for s in self.segments}),
+                "bank_version": self.header.get("version"),
                 "num_capsules": self.num_capsules, "num_tokens": self.num_tokens,
                 "num_layers": self.num_layers, "num_kv_heads": self.shape.num_kv_heads,
                 "head_dim": self.shape.head_dim, "storage": self.quant["scheme"], "quant": self.quant,
