@@ -115,14 +115,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="result stem (default bench/results/vllm_<device>)")
     args = ap.parse_args(argv)
     try:
-        from vllm import LLM, SamplingParams
+        from vllm import LLM, SamplingParams  # noqa: F401 (both needed; a stray vllm folder has neither)
         from vllm.platforms import current_platform
     except ImportError:
         print(NEEDS_VLLM, file=sys.stderr)
         return 2
-    from tqdm.auto import tqdm
-
-    from kvi_engine.integrations.vllm import capsule_request, kv_transfer_config
+    from kvi_engine.integrations.vllm import kv_transfer_config
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
@@ -137,6 +135,18 @@ def main(argv=None) -> int:
               enable_prefix_caching=args.prefix_caching, max_num_seqs=max(args.batch, 1),
               kv_transfer_config=kv_transfer_config(bank), **({"block_size": block} if block else {}))
     startup = time.perf_counter() - t0
+    try:
+        return _measure(args, llm, tok, bank, model_dir, device, out, startup)
+    finally:  # vLLM's engine-core and worker processes outlive a main process that does not stop them
+        llm.llm_engine.engine_core.shutdown()
+
+
+def _measure(args, llm, tok, bank, model_dir, device, out, startup) -> int:
+    from tqdm.auto import tqdm
+    from vllm import SamplingParams
+
+    from kvi_engine.integrations.vllm import capsule_request
+
     prompts = questions(tok, args.batch + 1, args.prompt_tokens)
     ttft_kw = dict(temperature=0.0, max_tokens=1)
     thr_kw = dict(temperature=0.0, max_tokens=args.new_tokens, ignore_eos=True)

@@ -37,7 +37,10 @@ def main(argv: list[str]) -> int:
     config = kv_transfer_config(bank)
     llm = LLM(model_dir, dtype="float32", enforce_eager=True, block_size=32, max_model_len=2048,
               kv_transfer_config=config)
-    out = llm.generate(req.prompt, req.sampling_params(temperature=0.0, max_tokens=32), use_tqdm=False)[0]
+    try:
+        out = llm.generate(req.prompt, req.sampling_params(temperature=0.0, max_tokens=32), use_tqdm=False)[0]
+    finally:  # vLLM's engine-core and worker processes outlive a main process that does not stop them
+        llm.llm_engine.engine_core.shutdown()
     print("answer:", repr(out.outputs[0].text))
     print("receipt:", (out.kv_transfer_params or {}).get("kvi"))
     print("\nthe same with the OpenAI-compatible server:")
