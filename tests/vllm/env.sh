@@ -44,13 +44,16 @@ PY
     # exist; libtorchcodec / libnvrtc.so.13). Text models need none of them.
     "$VPY" -m pip uninstall -y -q torchvision torchaudio torchcodec
     "$VPY" -c "import vllm, transformers, torch; assert torch.__version__.startswith('2.13.0'), torch.__version__"
+    echo "[kvi-vllm] environment created in ${SECONDS} s"
     echo "$env_want" > "$KVI_VLLM_VENV/.kvi-vllm-env"
     rm -f "$KVI_VLLM_VENV/.kvi-vllm-build"
 fi
 build_want="$(cat pyproject.toml setup.py $(ls csrc/*.cpp csrc/kvi/*.h 2>/dev/null | sort) | sha256sum | cut -c1-16)"
 if [ "$(cat "$KVI_VLLM_VENV/.kvi-vllm-build" 2>/dev/null)" != "$build_want" ]; then
     echo "[kvi-vllm] installing kvi-engine (editable, --no-deps) and building kvi_engine._core"
+    t_build=$SECONDS
     pipq --no-deps --no-build-isolation -e .
+    echo "[kvi-vllm] extension built in $((SECONDS - t_build)) s"
     echo "$build_want" > "$KVI_VLLM_VENV/.kvi-vllm-build"
 fi
 export PATH="$KVI_VLLM_VENV/bin:$PATH"
