@@ -19,3 +19,11 @@ unset TRITON_INTERPRET
 "$PY" -m pytest -q -p no:cacheprovider tests/test_attention.py tests/test_attention_e2e.py 2>&1 | tee "$OUT/gpu_tests.txt"
 # Fused Triton kernel vs the unfused reference path (Llama-3-8B attention geometry, bf16), with HBM fraction.
 "$PY" bench/bench_attention.py --device cuda --out "$OUT/attention_cuda" 2>&1 | tee "$OUT/gpu_bench.txt"
+# vLLM with injected capsules (kvi bench vllm): only where the image has vLLM; the first run of the connector's CUDA
+# cache write (reshape_and_cache_flash through impl.do_kv_cache_update). Untested: no GPU has been lent yet.
+if "$PY" -c "import vllm" 2>/dev/null; then
+    PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" bench/bench_vllm.py --dtype bfloat16 --batch 32 \
+        --capsules 8 32 128 --workdir "${TMPDIR:-/tmp}/kvi-vllm-bench" --out "$OUT/vllm_cuda" 2>&1 | tail -40 | tee "$OUT/gpu_vllm.txt"
+else
+    echo "no vllm in this image: kvi bench vllm skipped" | tee "$OUT/gpu_vllm.txt"
+fi

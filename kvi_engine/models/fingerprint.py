@@ -38,16 +38,27 @@ def tokenizer_hash(tokenizer) -> str:
     return _digest({"vocab": vocab, "bos": tokenizer.bos_token, "eos": tokenizer.eos_token})
 
 
-def weight_probe(model) -> list[float]:
-    named = dict(model.named_parameters())
-    names = sorted(n for n in named if n.endswith(".weight") and ("k_proj" in n or "embed_tokens" in n))
-    picks = [names[0], names[len(names) // 2], names[-1]] if names else []
+def probe_names(names) -> list[str]:
+    """The parameters the weight probe samples, in order: the first, middle and last of the key projections and
+    embeddings (by sorted name)."""
+    names = sorted(n for n in names if n.endswith(".weight") and ("k_proj" in n or "embed_tokens" in n))
+    return [names[0], names[len(names) // 2], names[-1]] if names else []
+
+
+def probe_values(tensors) -> list[float]:
+    """:data:`PROBE_VALUES` evenly spaced values of each tensor, concatenated (tensors in :func:`probe_names`
+    order; from a model or, in the vLLM integration, from checkpoint files)."""
     out: list[float] = []
-    for n in picks:
-        flat = named[n].detach().reshape(-1)
+    for t in tensors:
+        flat = t.detach().reshape(-1)
         idx = torch.linspace(0, flat.numel() - 1, PROBE_VALUES).long()
         out.extend(float(x) for x in flat[idx.to(flat.device)].float().cpu())
     return out
+
+
+def weight_probe(model) -> list[float]:
+    named = dict(model.named_parameters())
+    return probe_values(named[n] for n in probe_names(named))
 
 
 _RMS_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()

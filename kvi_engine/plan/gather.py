@@ -1,7 +1,8 @@
 """Op ``slot_gather``: the unfused path's injected KV -- a plan's tokens gathered from the bank, dequantised and
 rotated to their slots, ``[batch, kv_heads, prefix + slots, head_dim]``, kept in the plan's cache so decode steps
 reuse it. Two implementations: the PyTorch twin (any dtype and device) and one fused C++ pass (float32 on the CPU),
-bit-identical on visible slots.
+bit-identical on visible slots. Without a model (``model=None``: the vLLM worker has none) cos/sin come from the
+bank's RoPE parameters, computed as HF's rotary modules compute them (:func:`kvi_engine.plan.tables.rope_table`).
 """
 from __future__ import annotations
 
@@ -9,16 +10,19 @@ import torch
 
 from kvi_engine import dispatch
 from kvi_engine.models import rope
-from kvi_engine.plan.tables import native_args
+from kvi_engine.plan.tables import native_args, rope_table
 
 OP = "slot_gather"
 
 
 def _cos_sin(plan, model, dtype, device):
     def build():
+        if model is None:
+            cos, sin = rope_table(plan, dtype)
+            return (torch.cat([cos, cos], -1).to(device, dtype), torch.cat([sin, sin], -1).to(device, dtype))
         pre = torch.arange(plan.prefix_len).expand(plan.batch_size, -1)
         return rope.cos_sin(model, torch.cat([pre, plan.positions], dim=1).to(device), dtype)
-    return plan.cached(("cos_sin", dtype, str(device)), build)
+    return plan.cached(("cos_sin", dtype, str(device), model is None), build)
 
 
 def gather_reference(plan, layer: int, model, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,13 +54,19 @@ def gather_cpp(plan, layer: int, model, dtype, device) -> tuple[torch.Tensor, to
     return k, v
 
 
+def gather(plan, layer: int, model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Injected keys (rotated to their slots) and values ``[batch, kv_heads, prefix + slots, head_dim]`` at
+    ``layer`` by the backend the dispatch chooses, not cached (``model=None``: RoPE from the bank)."""
+    prefer = None if dtype == torch.float32 else "reference"  # the C++ pass writes float32 only
+    _, fn = dispatch.select(OP, device=device, prefer=prefer)
+    return fn(plan, layer, model, dtype, device)
+
+
 def injected_kv(plan, layer: int, model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor,
                                                                                 torch.Tensor]:
-    """Injected keys (rotated to their slots) and values ``[batch, kv_heads, prefix + slots, head_dim]`` and the
-    visibility mask ``[batch, prefix + slots]`` at ``layer``, gathered once per (layer, dtype, device)."""
+    """:func:`gather` and the visibility mask ``[batch, prefix + slots]`` at ``layer``, gathered once per (layer,
+    dtype, device) and kept in the plan's cache."""
     def build():
-        prefer = None if dtype == torch.float32 else "reference"  # the C++ pass writes float32 only
-        _, gather = dispatch.select(OP, device=device, prefer=prefer)
         k, v = gather(plan, layer, model, dtype, device)
         return k, v, plan.slot_valid(layer).to(device)
     return plan.cached((layer, dtype, str(device)), build)
