@@ -143,6 +143,24 @@ def test_user_errors_from_workers_stay_user_errors(ray_cluster, tmp_path):
     assert not (tmp_path / "b" / "MANIFEST.kvb").exists()
 
 
+def test_cli_compile_on_ray_equals_the_plain_cli(ray_cluster, tmp_path, capsys):
+    """``kvi compile --ray`` (the cluster this process joined) against ``kvi compile``, the model read from a local
+    directory by each worker."""
+    from kvi_engine.cli.main import main
+    d = tmp_path / "model"
+    model, tok = tiny_replica("qwen2", bos=False)
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    args = ["compile", "--capsules", str(sample_dir() / "capsules.jsonl"), "--entities",
+            str(sample_dir() / "entities.jsonl"), "--model", str(d), "--quant", "int4", "--batch-size", "8",
+            "--shard-size", "32"]
+    assert main(args + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(args + ["--out", str(tmp_path / "ray"), "--ray", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled 90 capsules (56 triples, 34 anchors)" in out and "by 1 Ray worker in 3 shards" in out
+    assert bank_differences(KVBank.open(tmp_path / "plain"), KVBank.open(tmp_path / "ray")) == []
+
+
 def test_without_ray_the_flag_says_which_extra(monkeypatch, tmp_path, capsys):
     from kvi_engine.cli.main import main
     from kvi_engine.distributed import cluster

@@ -15,6 +15,7 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "bank-scale": ("bank_scale", "a 1M-capsule bank: open, fetch, resident memory, updates"),
     "bank-accuracy": ("bank_accuracy", "quantised banks vs fp16 on the test model families"),
     "kpr": ("kpr", "KPR end to end: build, train, knowledge update, recall@k"),
+    "compile": ("compile", "compile capsules/s: 1 process vs Ray with 1, 2, ... workers; worker start-up apart"),
 }
 
 

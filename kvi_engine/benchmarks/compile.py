@@ -1,0 +1,129 @@
+"""Compile throughput: one process without Ray, and Ray with 1, 2, … workers on this machine.
+
+    kvi bench compile                         # ~100M-param CPU bench model, 512 capsules, 1 thread per worker
+    kvi bench compile --workers 1 2 4 --capsules 2048 --threads 1 --quant int8
+
+The corpus is the shipped sample (56 triples and 34 anchors) repeated to ``--capsules``: statements of real lengths
+(5-25 tokens, mean ~13 with the bench tokenizer). Every configuration compiles the same capsules with the same
+``--batch-size`` and ``--shard-size``, and every Ray bank is checked against the single-process one (identical
+bits: ``identical`` in the rows). Ray workers start before the clock runs: start-up (process spawn, imports, model
+load) is reported on its own, per worker too, and capsules/s is compile time only (first shard sent -> last shard
+back -> manifest). ``store`` rows time the part of a compile after the forward (KV to numpy, encode, write) on
+random KV of the model's shapes: what a GPU worker would still spend on its CPU per capsule.
+Writes bench/results/compile.{json,csv}.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kvi_engine.bank.segments import SegmentWriter
+from kvi_engine.bank.spec import QuantSpec
+from kvi_engine.benchmarks import results
+from kvi_engine.capsules.capsule import load_capsules, load_entities
+from kvi_engine.compile.compiler import capsule_statements, compile_bank, model_dims
+from kvi_engine.testing.bank_compare import bank_differences
+from kvi_engine.testing.tiny import bench_model, tiny_replica
+from kvi_engine.utils.paths import sample_dir
+
+MODELS = {"bench": bench_model, "tiny": tiny_replica}
+
+
+def corpus(n: int) -> list:
+    """The sample corpus (triples, then anchors) repeated to ``n`` capsules."""
+    caps, _ = capsule_statements(load_capsules(sample_dir() / "capsules.jsonl"),
+                                 load_entities(sample_dir() / "entities.jsonl"))
+    return [caps[i % len(caps)] for i in range(n)]
+
+
+def store_rate(model, tokenizer, caps, quant: str, directory: Path) -> dict:
+    """Seconds per capsule to store KV of the model's shapes: float32 tensors -> numpy -> encode -> segment file."""
+    dims = model_dims(model)
+    _, texts = capsule_statements(caps)
+    lengths = np.array([len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts])
+    spec = QuantSpec.parse(quant)
+    rng = np.random.default_rng(0)
+    k = torch.from_numpy(rng.standard_normal((int(lengths.sum()), dims["num_kv_heads"], dims["head_dim"]),
+                                             dtype=np.float32))
+    meta = [{**c.to_dict(), "kind": c.kind, "statement": s} for c, s in zip(caps, texts)]
+    p = np.zeros((dims["num_layers"], 0, dims["num_kv_heads"], dims["head_dim"]), np.float32)
+    t = time.perf_counter()
+    w = SegmentWriter(directory / "store.kvb", spec, **dims, lengths=lengths,
+                      token_ids=np.zeros(int(lengths.sum()), np.int32), meta=meta, capsule_ids=np.arange(len(caps)),
+                      prefix_token_ids=[], prefix_k=p, prefix_v=p, header={})
+    rows = np.arange(len(caps))
+    for layer in range(dims["num_layers"]):
+        w.put(layer, rows, k.numpy(), k.numpy())
+    seg = w.close()
+    s = time.perf_counter() - t
+    return {"seconds": s, "capsules_per_s": len(caps) / s, "mb_per_s": os.path.getsize(seg.path) / s / 1e6,
+            "kv_bytes_per_capsule": os.path.getsize(seg.path) / len(caps), "tokens_per_capsule": float(lengths.mean())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="kvi bench compile", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(MODELS), default="bench", help="bench: ~100M Qwen2; tiny: smoke run")
+    ap.add_argument("--capsules", type=int, default=512)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--quant", default="fp16")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Ray worker counts to run")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the single process and of each worker")
+    ap.add_argument("--out", default=str(results.default_out("compile")))
+    args = ap.parse_args(argv)
+    from kvi_engine import distributed
+    distributed.require_ray()
+
+    make = MODELS[args.model]
+    caps = corpus(args.capsules)
+    kw = dict(batch_size=args.batch_size, shard_size=args.shard_size)
+    work = Path(tempfile.mkdtemp(prefix="kvi-bench-compile-"))
+    rows = []
+    try:
+        torch.set_num_threads(args.threads)
+        t = time.perf_counter()
+        model, tok = make()
+        load_s = time.perf_counter() - t
+        t = time.perf_counter()
+        ref = compile_bank(model, tok, caps, work / "single", args.quant, progress=False, **kw)
+        s = time.perf_counter() - t
+        rows.append({"mode": "1 process, no Ray", "workers": 0, "startup_s": load_s, "compile_s": s,
+                     "capsules_per_s": len(caps) / s, "identical": True})
+        print(f"1 process: {len(caps) / s:.1f} capsules/s ({s:.1f} s; model load {load_s:.1f} s)")
+        store = store_rate(model, tok, caps, args.quant, work)
+        del model
+
+        t = time.perf_counter()
+        distributed.connect("local", num_cpus=max(args.workers) * args.threads)
+        ray_init_s = time.perf_counter() - t
+        for n in args.workers:
+            with distributed.CompilePool(make, num_workers=n, cpus_per_worker=args.threads) as pool:
+                run = distributed.compile_bank(pool, caps, work / f"ray{n}", args.quant, **kw)
+                same = bank_differences(ref, run.bank) == []
+                rows.append({"mode": f"Ray, {n} worker{'s' * (n > 1)}", "workers": n, "startup_s": pool.startup_s,
+                             "compile_s": run.compile_s + run.commit_s,
+                             "capsules_per_s": len(caps) / (run.compile_s + run.commit_s), "identical": same,
+                             "worker_spawn_import_s": [w["spawn_import_s"] for w in pool.infos],
+                             "worker_load_s": [w["load_s"] for w in pool.infos]})
+                print(f"Ray x{n}: {rows[-1]['capsules_per_s']:.1f} capsules/s; start-up {pool.startup_s:.1f} s; "
+                      f"identical to 1 process: {same}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(results.format_table(rows, ["mode", "startup_s", "compile_s", "capsules_per_s", "identical"]))
+    print(f"store (KV -> numpy -> {args.quant} -> file, 1 thread): {store['capsules_per_s']:.0f} capsules/s, "
+          f"{store['mb_per_s']:.0f} MB/s, {store['kv_bytes_per_capsule'] / 1024:.1f} KiB/capsule")
+    results.write(args.out, "compile", rows, vars(args) | {"num_capsules": len(caps)}, ray_init_s=ray_init_s,
+                  store=store)
+    return 0 if all(r["identical"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
