@@ -92,13 +92,14 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         model, tok = make()
         load_s = time.perf_counter() - t
+        params = sum(p.numel() for p in model.parameters())
         t = time.perf_counter()
         ref = compile_bank(model, tok, caps, work / "single", args.quant, progress=False, **kw)
         s = time.perf_counter() - t
         rows.append({"mode": "1 process, no Ray", "workers": 0, "startup_s": load_s, "compile_s": s,
                      "capsules_per_s": len(caps) / s, "identical": True})
         print(f"1 process: {len(caps) / s:.1f} capsules/s ({s:.1f} s; model load {load_s:.1f} s)")
-        store = store_rate(model, tok, caps, args.quant, work)
+        store = {q: store_rate(model, tok, caps, q, work) for q in dict.fromkeys([args.quant, "fp16", "int8", "int4"])}
         del model
 
         t = time.perf_counter()
@@ -118,10 +119,11 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(results.format_table(rows, ["mode", "startup_s", "compile_s", "capsules_per_s", "identical"]))
-    print(f"store (KV -> numpy -> {args.quant} -> file, 1 thread): {store['capsules_per_s']:.0f} capsules/s, "
-          f"{store['mb_per_s']:.0f} MB/s, {store['kv_bytes_per_capsule'] / 1024:.1f} KiB/capsule")
+    for q, r in store.items():
+        print(f"store (KV -> numpy -> {q} -> file, 1 thread): {r['capsules_per_s']:.0f} capsules/s, "
+              f"{r['mb_per_s']:.0f} MB/s written, {r['kv_bytes_per_capsule'] / 1024:.1f} KiB/capsule")
     results.write(args.out, "compile", rows, vars(args) | {"num_capsules": len(caps)}, ray_init_s=ray_init_s,
-                  store=store)
+                  store=store, model_parameters=params, load_average=os.getloadavg())
     return 0 if all(r["identical"] for r in rows) else 1
 
 
