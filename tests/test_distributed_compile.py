@@ -5,7 +5,6 @@ tests that share them (actor start-up, not compiling, is most of the time here).
 so that the child driver of the last test fits next to them on the 2-CPU cluster.
 """
 import functools
-import os
 import subprocess
 import sys
 import textwrap
@@ -159,14 +158,3 @@ def test_cli_compile_on_ray_equals_the_plain_cli(ray_cluster, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "compiled 90 capsules (56 triples, 34 anchors)" in out and "by 1 Ray worker in 3 shards" in out
     assert bank_differences(KVBank.open(tmp_path / "plain"), KVBank.open(tmp_path / "ray")) == []
-
-
-def test_without_ray_the_flag_says_which_extra(monkeypatch, tmp_path, capsys):
-    from kvi_engine.cli.main import main
-    from kvi_engine.distributed import cluster
-    monkeypatch.setattr(cluster, "ray_available", lambda: False)
-    caps = sample_dir() / "capsules.jsonl"
-    assert main(["compile", "--capsules", str(caps), "--out", str(tmp_path / "b"), "--ray"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["kvi compile: error: Ray is not installed: pip install 'kvi-engine[ray]'"]
-    assert not os.path.exists(tmp_path / "b")

@@ -15,7 +15,7 @@ def cmd_compile(args) -> int:
     from kvi_engine.compile.compiler import compile_bank
     if args.ray is not None:
         from kvi_engine.distributed.cluster import require_ray
-        require_ray()  # before any work: without the extra, one line says which to install
+        require_ray("kvi compile --ray")  # before any work: without the extra, one line says which to install
     caps = load_capsules(args.capsules)
     ents = load_entities(args.entities) if args.entities else []
     templates = load_templates(args.templates)

@@ -17,51 +17,36 @@ import logging
 import os
 import sys
 
-RAY_HINT = "Ray is not installed: pip install 'kvi-engine[ray]'"
+from kvi_engine.utils.extras import MissingExtra, installed, require
+
 AUTH_HINT = ("the cluster requires Ray's token authentication: make its token available (~/.ray/auth_token, "
              "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN) with RAY_AUTH_MODE=token before the program starts")
 
 
 class ClusterError(RuntimeError):
-    """Ray is missing, or the cluster cannot be reached or cannot run the work (a user can fix it)."""
+    """The cluster cannot be reached or cannot run the work (a user can fix it: one line in the CLI)."""
 
 
-class RayUnavailable(ClusterError):
-    pass
-
-
-def ray_available() -> bool:
-    """Is the ``ray`` distribution installed? Cheap: imports nothing."""
-    from importlib.metadata import PackageNotFoundError, version
-    try:
-        version("ray")
-    except PackageNotFoundError:
-        return False
-    return True
-
-
-def require_ray():
-    """The ``ray`` module, or :class:`RayUnavailable` saying which extra to install."""
-    if not ray_available():
-        raise RayUnavailable(RAY_HINT)
-    try:
-        import ray
-    except ImportError as e:
-        raise RayUnavailable(f"{RAY_HINT} (import failed: {e})") from None
+def require_ray(what: str = "a Ray cluster"):
+    """The ``ray`` module, or :class:`~kvi_engine.utils.extras.MissingExtra` naming the ``ray`` extra."""
+    hint = f"{what} needs ray: pip install 'kvi-engine[ray]'"
+    if not installed("ray"):
+        raise MissingExtra(hint)
+    ray = require("ray", "ray", what)
     if not hasattr(ray, "init"):  # a directory named ray/ on sys.path imported as a namespace package
-        raise RayUnavailable(f"{RAY_HINT} (found only a directory {list(ray.__path__)})")
+        raise MissingExtra(f"{hint} (found only a directory {list(ray.__path__)})")
     return ray
 
 
 def connect(address: str | None = "local", *, num_cpus: int | None = None, num_gpus: int | None = None,
-            quiet: bool = True):
+            quiet: bool = True, what: str = "a Ray cluster"):
     """Initialise Ray for the engine (nothing happens if this process already did); returns the ``ray`` module.
     ``address``: ``None`` or ``"local"`` (a private cluster of ``num_cpus``/``num_gpus``), ``"auto"`` or
     ``"HOST:PORT"``."""
     if ("ray" not in sys.modules and address not in (None, "local", "auto") and "RAY_AUTH_MODE" not in os.environ
             and os.path.exists(os.path.expanduser("~/.ray/auth_token"))):
         os.environ["RAY_AUTH_MODE"] = "token"  # what Ray itself does for "auto", not for an explicit address
-    ray = require_ray()
+    ray = require_ray(what)
     if ray.is_initialized():
         return ray
     kw = dict(logging_level=logging.ERROR, log_to_driver=False) if quiet else {}
