@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from kvi_engine.bank import updates as bank_updates
 from kvi_engine.bank.bank import KVBank
@@ -54,7 +55,7 @@ class DistributedCompile:
 
 
 def shards_of(num_capsules: int, shard_size: int) -> list[np.ndarray]:
-    """Bank ids of each shard: ``[0, shard_size), [shard_size, 2 shard_size), …`` -- the worker count plays no part."""
+    """Bank ids of each shard: ``[0, shard_size), [shard_size, 2 shard_size), …``; the worker count plays no part."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     return [np.arange(lo, min(lo + shard_size, num_capsules)) for lo in range(0, num_capsules, shard_size)]
@@ -75,10 +76,8 @@ def compile_bank(model: Callable | CompilePool, capsules: Sequence[Capsule], out
     process joined already, else a private local one; ``"auto"``; ``"HOST:PORT"``). ``num_workers=0`` runs the
     same schedule and commit in this process, without Ray. ``fault``: the test hook of
     :mod:`kvi_engine.distributed.faults`."""
-    from tqdm.auto import tqdm
-
     t0 = time.perf_counter()
-    spec = QuantSpec.parse(quant)
+    QuantSpec.parse(quant)  # a bad scheme fails before any worker starts
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     caps, texts = capsule_statements(capsules, entities, templates)  # bank ids are fixed here, before sharding
@@ -97,27 +96,30 @@ def compile_bank(model: Callable | CompilePool, capsules: Sequence[Capsule], out
                        gpus_per_worker=gpus_per_worker, max_restarts=max_restarts, address=address) if own else model
     try:
         with bank_updates.writer_lock(out):
-            return _compile_locked(pool, caps, texts, shards, out, spec, quant, batch_size, shard_size, fault,
-                                   progress, t0, pool.startup_s if own else 0.0, tqdm)
+            run = _compile_locked(pool, caps, texts, shards, out, quant, batch_size, shard_size, fault, progress)
     finally:
         if own:
             pool.close()
+    run.startup_s = pool.startup_s if own else 0.0
+    run.total_s = time.perf_counter() - t0
+    return run
 
 
-def _compile_locked(pool: CompilePool, caps, texts, shards, out: Path, spec: QuantSpec, quant: str, batch_size: int,
-                    shard_size: int, fault, progress: bool, t0: float, startup_s: float, tqdm) -> DistributedCompile:
+def _compile_locked(pool: CompilePool, caps, texts, shards, out: Path, quant: str, batch_size: int, shard_size: int,
+                    fault, progress: bool) -> DistributedCompile:
     try:
         generation = Snapshot.open(out).generation + 1
     except (BankFormatError, OSError):  # no bank yet, or a broken one: replaced all the same
         generation = 1
-    probe = (f".probe-{secrets.token_hex(6)}", secrets.token_hex(16))
+    # named like a writer's temp file, so that a driver killed before removing it leaves it to the next writer's GC
+    probe = (f".seg-probe-{secrets.token_hex(6)}", secrets.token_hex(16))
     (out / probe[0]).write_text(probe[1])
     try:
         pool.get([a.check_shared.remote(str(out), probe) for a in pool.actors])
     finally:
         (out / probe[0]).unlink(missing_ok=True)
     desc = pool.get(pool.actors[0].describe.remote())
-    spec.header(desc["dims"]["head_dim"])  # a group size that does not divide head_dim fails before any work
+    QuantSpec.parse(quant).header(desc["dims"]["head_dim"])  # a group size not dividing head_dim: refused here
     pool.get([a.check_model.remote(desc) for a in pool.actors[1:]])
     header = desc["header"]
 
@@ -146,6 +148,5 @@ def _compile_locked(pool: CompilePool, caps, texts, shards, out: Path, spec: Qua
     bank_updates.write_manifest(out, generation, segs, seg_of, row_of)
     garbage = bank_updates.collect_garbage(out, {s.path.name for s in segs})
     commit_s = time.perf_counter() - t
-    return DistributedCompile(KVBank.open(out), pool.num_workers, len(shards), startup_s, compile_s, commit_s,
-                              time.perf_counter() - t0, list(pool.infos), [results[s] for s in range(len(shards))],
-                              garbage)
+    return DistributedCompile(KVBank.open(out), pool.num_workers, len(shards), 0.0, compile_s, commit_s, 0.0,
+                              list(pool.infos), [results[s] for s in range(len(shards))], garbage)
