@@ -155,6 +155,8 @@ def test_cli_compile_on_ray_equals_the_plain_cli(ray_cluster, tmp_path, capsys):
             "--shard-size", "32"]
     assert main(args + ["--out", str(tmp_path / "plain")]) == 0
     assert main(args + ["--out", str(tmp_path / "ray"), "--ray", "--workers", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "compiled 90 capsules (56 triples, 34 anchors)" in out and "by 1 Ray worker in 3 shards" in out
+    cap = capsys.readouterr()
+    assert "compiled 90 capsules (56 triples, 34 anchors)" in cap.out and "by 1 Ray worker in 3 shards" in cap.out
+    last = cap.err.replace("\r", "\n").strip().splitlines()[-1]   # the driver's progress bar, as it closed
+    assert "compile x1" in last and "90/90" in last and "shards=3/3" in last and "capsule" in last, cap.err[-500:]
     assert bank_differences(KVBank.open(tmp_path / "plain"), KVBank.open(tmp_path / "ray")) == []

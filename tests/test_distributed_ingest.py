@@ -56,3 +56,19 @@ def test_errors_inside_tasks_are_the_users(ray_cluster):
     docs = [Document("a", "One sentence."), Document("a", "Same id again.")]
     with pytest.raises(ValueError, match="duplicate sentence id 'a:s1'"):
         distributed.build_assets(docs, [], shard_docs=1, progress=False)
+
+
+def test_a_task_whose_worker_dies_is_retried(ray_cluster, tmp_path):
+    """The first task to start ends its worker process (os._exit); Ray's task retry reruns it and the assets are
+    those of one process."""
+    from kvi_engine.distributed.faults import exit_once
+    from kvi_engine.distributed.ingest import _ingest_shard
+    from kvi_engine.ingest.assets import assemble_assets
+    from kvi_engine.ingest.entities import merge_entities
+    docs = load_documents(sample_dir() / "docs.jsonl")
+    merged, _ = merge_entities(load_entities(sample_dir() / "entities.jsonl"))
+    flag = tmp_path / "flag"
+    parts = distributed.map_shards(functools.partial(exit_once, str(flag), _ingest_shard), docs, 10,
+                                   args=(merged, None), progress=False)
+    assert flag.is_file()   # a worker did die
+    same(assemble_assets(parts, merged), build_assets(docs, merged))

@@ -9,8 +9,9 @@ The corpus is the shipped sample (56 triples and 34 anchors) repeated to ``--cap
 bits: ``identical`` in the rows). Ray workers start before the clock runs: start-up (process spawn, imports, model
 load) is reported on its own, per worker too, and capsules/s is compile time only (first shard sent -> last shard
 back -> manifest). ``store`` rows time the part of a compile after the forward (KV to numpy, encode, write) on
-random KV of the model's shapes: what a GPU worker would still spend on its CPU per capsule.
-Writes bench/results/compile.{json,csv}.
+random KV of the model's shapes: what a GPU worker would still spend on its CPU per capsule. From those two
+measured costs and a stated GPU FLOP rate (an assumption: no GPU here), it prints the estimate of what 10M capsules
+take on 1, 8 and 64 GPU workers (``estimate`` in the results). Writes bench/results/compile.{json,csv}.
 """
 from __future__ import annotations
 
@@ -34,6 +35,56 @@ from kvi_engine.testing.tiny import bench_model, tiny_replica
 from kvi_engine.utils.paths import sample_dir
 
 MODELS = {"bench": bench_model, "tiny": tiny_replica}
+
+# The 10M-capsule estimate (no GPU here: these are the stated assumptions, not measurements). Per model: parameters,
+# layers, KV heads, head_dim, and an assumed sustained bf16 rate for its compile GEMMs (TFLOP/s: 20-40% of an H100's
+# dense peak; a 0.5B model's small GEMMs reach less of it than a 7B model's).
+GPU_MODELS = {"Qwen2.5-0.5B": (494e6, 24, 2, 64, 200.0), "Qwen2.5-7B": (7.6e9, 28, 4, 128, 400.0)}
+REAL_TOKENS = 14      # a statement with a real tokenizer (the sample corpus with Qwen2.5's: 10-18)
+PADDED_TOKENS = 17    # what a row costs in a length-sorted batch
+WORKERS = (1, 8, 64)
+
+
+def estimate(store_mb_per_s: float, cpu_capsules_per_s: float, cpu_params: int, cpu_tokens: float,
+             n: int = 10_000_000) -> dict:
+    """What ``n`` capsules take on N GPU workers: per worker, the lesser of the forward rate (2·P·t FLOPs a capsule at
+    the assumed TFLOP/s) and the store rate (the fp16 KV a capsule makes, at this machine's measured store MB/s per
+    core). Also the CPU side for comparison: ``n`` capsules at the measured single-process rate."""
+    cpu_gflops = 2 * cpu_params * cpu_tokens * cpu_capsules_per_s / 1e9
+    rows = []
+    for name, (params, layers, kv_heads, head_dim, tflops) in GPU_MODELS.items():
+        kv_bytes = {q: layers * kv_heads * head_dim * 2 * bits / 8 * REAL_TOKENS for q, bits in
+                    (("fp16", 16), ("int8", 8), ("int4", 4))}
+        forward = tflops * 1e12 / (2 * params * PADDED_TOKENS)
+        store = store_mb_per_s * 1e6 / kv_bytes["fp16"]
+        per_worker = min(forward, store)
+        rows.append({"model": name, "assumed_tflops": tflops, "forward_capsules_per_s": forward,
+                     "store_capsules_per_s": store, "capsules_per_s_per_worker": per_worker,
+                     "bound": "store" if store < forward else "forward",
+                     **{f"hours_{w}_workers": n / (per_worker * w) / 3600 for w in WORKERS},
+                     **{f"forward_only_hours_{w}_workers": n / (forward * w) / 3600 for w in WORKERS},
+                     **{f"bank_gb_{q}": n * b / 1e9 for q, b in kv_bytes.items()}})
+    return {"capsules": n, "cpu_achieved_gflops": cpu_gflops, "cpu_core_hours": n / cpu_capsules_per_s / 3600,
+            "store_mb_per_s": store_mb_per_s, "real_tokens": REAL_TOKENS, "padded_tokens": PADDED_TOKENS,
+            "rows": rows}
+
+
+def _duration(hours: float) -> str:
+    return f"{hours * 60:.0f} min" if hours < 1 else f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} d"
+
+
+def estimate_table(est: dict) -> str:
+    """The markdown table of :func:`estimate` (what kvi_engine/distributed/README.md shows)."""
+    lines = ["| model | per GPU worker (forward / store) | 10M capsules, 1 worker | 8 workers | 64 workers | "
+             "forward only, 1 / 8 workers | bank (fp16 / int8 / int4) |", "|---|---|---|---|---|---|---|"]
+    for r in est["rows"]:
+        lines.append(f"| {r['model']} | {r['capsules_per_s_per_worker']:,.0f} capsules/s "
+                     f"({r['forward_capsules_per_s']:,.0f} / {r['store_capsules_per_s']:,.0f}) | "
+                     f"{_duration(r['hours_1_workers'])} | {_duration(r['hours_8_workers'])} | "
+                     f"{_duration(r['hours_64_workers'])} | {_duration(r['forward_only_hours_1_workers'])} / "
+                     f"{_duration(r['forward_only_hours_8_workers'])} | {r['bank_gb_fp16']:,.0f} / "
+                     f"{r['bank_gb_int8']:,.0f} / {r['bank_gb_int4']:,.0f} GB |")
+    return "\n".join(lines)
 
 
 def corpus(n: int) -> list:
@@ -122,8 +173,14 @@ def main(argv=None) -> int:
     for q, r in store.items():
         print(f"store (KV -> numpy -> {q} -> file, 1 thread): {r['capsules_per_s']:.0f} capsules/s, "
               f"{r['mb_per_s']:.0f} MB/s written, {r['kv_bytes_per_capsule'] / 1024:.1f} KiB/capsule")
+    single = rows[0]
+    est = estimate(store["fp16"]["mb_per_s"], single["capsules_per_s"], params, store["fp16"]["tokens_per_capsule"])
+    print(f"\nCPU: {est['cpu_achieved_gflops']:.0f} GFLOP/s achieved (2·P·t, unpadded t); 10M capsules = "
+          f"{est['cpu_core_hours']:,.0f} core-hours. Estimate for 10M capsules on N GPU workers (assumed TFLOP/s, "
+          f"measured store rate {est['store_mb_per_s']:.0f} MB/s fp16 per core):")
+    print(estimate_table(est))
     results.write(args.out, "compile", rows, vars(args) | {"num_capsules": len(caps)}, ray_init_s=ray_init_s,
-                  store=store, model_parameters=params, load_average=os.getloadavg())
+                  store=store, model_parameters=params, load_average=os.getloadavg(), estimate=est)
     return 0 if all(r["identical"] for r in rows) else 1
 
 

@@ -1,4 +1,5 @@
-"""The fault hook of the distributed compile: a worker dies, once and deterministically, in the middle of a shard.
+"""The fault hooks of the distributed compile and ingestion: a worker dies, once and deterministically, in the middle
+of a shard (compile) or at the start of a task (:func:`exit_once`).
 
 A fault is a plain dict passed to :func:`kvi_engine.distributed.compile_bank` (``fault=``)::
 
@@ -36,3 +37,16 @@ def fault_point(fault: dict | None, shard: int, batches_done: int) -> None:
         os._exit(EXIT_STATUS)
     while True:
         time.sleep(0.05)
+
+
+def exit_once(flag: str, fn, *args):
+    """``fn(*args)``, except that the first call anywhere on the cluster (it creates ``flag``, ``O_EXCL``) ends its
+    worker process first: a task whose worker crashed, for :func:`kvi_engine.distributed.map_shards` to retry. Use
+    as ``functools.partial(exit_once, flag, fn)``."""
+    try:
+        fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return fn(*args)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.close(fd)
+    os._exit(EXIT_STATUS)

@@ -3,16 +3,17 @@
 Ingestion has a per-document stage (sentence splitting and triple extraction: :func:`kvi_engine.ingest.assets.
 extract_part`) and a corpus-wide one (duplicates across documents, new entities from unknown arguments, and with them
 every id and order: :func:`kvi_engine.ingest.assets.assemble_assets`). Shards of contiguous documents run the first
-as Ray tasks (retried if their worker dies); the driver puts the parts back in document order -- never completion
-order -- and runs the second once. Sentence ids (``<doc id>:s<k>``) are per document; capsule and entity order are
-assigned in the merge. The result equals :func:`kvi_engine.ingest.assets.build_assets` over all documents.
+as Ray tasks (:func:`~kvi_engine.distributed.shards.map_shards`, retried if their worker dies); the driver puts the
+parts back in document order -- never completion order -- and runs the second once. Sentence ids (``<doc id>:s<k>``)
+are per document; capsule and entity order are assigned in the merge. The result equals
+:func:`kvi_engine.ingest.assets.build_assets` over all documents.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
 from kvi_engine.capsules.capsule import Entity
-from kvi_engine.distributed.cluster import connect, worker_error
+from kvi_engine.distributed.shards import map_shards
 from kvi_engine.ingest.assets import Assets, AssetsPart, assemble_assets, extract_part
 from kvi_engine.ingest.documents import Document
 from kvi_engine.ingest.entities import merge_entities
@@ -34,36 +35,8 @@ def build_assets(documents: Sequence[Document], entities: Sequence[Entity] = (),
     entities); it must be importable by reference (a module-level function or a ``functools.partial`` of one).
     ``address`` as in :func:`kvi_engine.distributed.cluster.connect` (``None``: the cluster this process joined,
     else a private local one)."""
-    from tqdm.auto import tqdm
-
-    if shard_docs < 1:
-        raise ValueError(f"shard_docs must be >= 1, got {shard_docs}")
-    docs = list(documents)
     merged, _ = merge_entities(entities)
-    shards = [docs[i:i + shard_docs] for i in range(0, len(docs), shard_docs)]
-    ray = connect(address)
-    task = ray.remote(num_cpus=cpus_per_task, max_retries=max_retries)(_ingest_shard)
-    merged_ref = ray.put(merged)
-    pending = {task.remote(s, merged_ref, make_extractor): i for i, s in enumerate(shards)}
-    parts: dict[int, AssetsPart] = {}
-    bar = tqdm(total=len(docs), unit="doc", desc="ingest", disable=not progress)
-    try:
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(done[0])
-            parts[i] = _get(ray, done[0])
-            bar.update(len(shards[i]))
-            bar.set_postfix(shards=f"{len(parts)}/{len(shards)}")
-    finally:
-        bar.close()
-        for ref in pending:
-            ray.cancel(ref)
-    return assemble_assets([parts[i] for i in range(len(shards))], merged)
-
-
-def _get(ray, ref):
-    from ray.exceptions import RayError
-    try:
-        return ray.get(ref)
-    except RayError as e:
-        raise worker_error(e) from None
+    parts = map_shards(_ingest_shard, documents, shard_docs, args=(merged, make_extractor), address=address,
+                       cpus_per_task=cpus_per_task, max_retries=max_retries, progress=progress, unit="doc",
+                       desc="ingest")
+    return assemble_assets(parts, merged)
