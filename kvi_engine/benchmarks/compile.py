@@ -45,22 +45,27 @@ PADDED_TOKENS = 17    # what a row costs in a length-sorted batch
 WORKERS = (1, 8, 64)
 
 
-def estimate(store_mb_per_s: float, cpu_capsules_per_s: float, cpu_params: int, cpu_tokens: float,
+def estimate(store: dict, cpu_capsules_per_s: float, cpu_params: int, cpu_tokens: float,
              n: int = 10_000_000) -> dict:
     """What ``n`` capsules take on N GPU workers: per worker, the lesser of the forward rate (2·P·t FLOPs a capsule at
-    the assumed TFLOP/s) and the store rate (the fp16 KV a capsule makes, at this machine's measured store MB/s per
-    core). Also the CPU side for comparison: ``n`` capsules at the measured single-process rate."""
+    the assumed TFLOP/s) and the store rate (the KV a capsule makes, at this machine's measured store MB/s per core
+    for that scheme: ``store`` as :func:`store_rate` returns it, per scheme). Hours for fp16 banks; per-worker rates
+    for int8 and int4 too. Also the CPU side for comparison: ``n`` capsules at the measured single-process rate."""
+    store_mb_per_s = store["fp16"]["mb_per_s"]
+    bench_values = store["fp16"]["kv_bytes_per_capsule"] / 2   # K and V values a bench capsule stores (fp16: 2 B)
     cpu_gflops = 2 * cpu_params * cpu_tokens * cpu_capsules_per_s / 1e9
     rows = []
     for name, (params, layers, kv_heads, head_dim, tflops) in GPU_MODELS.items():
-        kv_bytes = {q: layers * kv_heads * head_dim * 2 * bits / 8 * REAL_TOKENS for q, bits in
-                    (("fp16", 16), ("int8", 8), ("int4", 4))}
+        values = layers * kv_heads * head_dim * 2 * REAL_TOKENS
+        kv_bytes = {"fp16": values * 2, "int8": values, "int4": values / 2}   # codes only, scales not counted
         forward = tflops * 1e12 / (2 * params * PADDED_TOKENS)
-        store = store_mb_per_s * 1e6 / kv_bytes["fp16"]
-        per_worker = min(forward, store)
-        rows.append({"model": name, "assumed_tflops": tflops, "forward_capsules_per_s": forward,
-                     "store_capsules_per_s": store, "capsules_per_s_per_worker": per_worker,
-                     "bound": "store" if store < forward else "forward",
+        # the store encodes values: a scheme's measured capsules/s, scaled by the values a capsule holds
+        rate = {q: store[q]["capsules_per_s"] * bench_values / values for q in ("fp16", "int8", "int4") if q in store}
+        per_worker = min(forward, rate["fp16"])
+        per_scheme = {f"capsules_per_s_per_worker_{q}": min(forward, rate[q]) for q in ("int8", "int4") if q in rate}
+        rows.append({"model": name, "assumed_tflops": tflops, "forward_capsules_per_s": forward, **per_scheme,
+                     "store_capsules_per_s": rate["fp16"], "capsules_per_s_per_worker": per_worker,
+                     "bound": "store" if rate["fp16"] < forward else "forward",
                      **{f"hours_{w}_workers": n / (per_worker * w) / 3600 for w in WORKERS},
                      **{f"forward_only_hours_{w}_workers": n / (forward * w) / 3600 for w in WORKERS},
                      **{f"bank_gb_{q}": n * b / 1e9 for q, b in kv_bytes.items()}})
@@ -76,13 +81,18 @@ def _duration(hours: float) -> str:
 def estimate_table(est: dict) -> str:
     """The markdown table of :func:`estimate` (what kvi_engine/distributed/README.md shows)."""
     lines = ["| model | per GPU worker (forward / store) | 10M capsules, 1 worker | 8 workers | 64 workers | "
-             "forward only, 1 / 8 workers | bank (fp16 / int8 / int4) |", "|---|---|---|---|---|---|---|"]
+             "forward only, 1 / 8 workers | int8 / int4 banks: per worker, 8 workers | bank (fp16 / int8 / int4) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in est["rows"]:
         lines.append(f"| {r['model']} | {r['capsules_per_s_per_worker']:,.0f} capsules/s "
                      f"({r['forward_capsules_per_s']:,.0f} / {r['store_capsules_per_s']:,.0f}) | "
                      f"{_duration(r['hours_1_workers'])} | {_duration(r['hours_8_workers'])} | "
                      f"{_duration(r['hours_64_workers'])} | {_duration(r['forward_only_hours_1_workers'])} / "
-                     f"{_duration(r['forward_only_hours_8_workers'])} | {r['bank_gb_fp16']:,.0f} / "
+                     f"{_duration(r['forward_only_hours_8_workers'])} | "
+                     f"{r['capsules_per_s_per_worker_int8']:,.0f} / {r['capsules_per_s_per_worker_int4']:,.0f} "
+                     f"capsules/s, {_duration(est['capsules'] / r['capsules_per_s_per_worker_int8'] / 8 / 3600)} / "
+                     f"{_duration(est['capsules'] / r['capsules_per_s_per_worker_int4'] / 8 / 3600)} | "
+                     f"{r['bank_gb_fp16']:,.0f} / "
                      f"{r['bank_gb_int8']:,.0f} / {r['bank_gb_int4']:,.0f} GB |")
     return "\n".join(lines)
 
@@ -174,7 +184,7 @@ def main(argv=None) -> int:
         print(f"store (KV -> numpy -> {q} -> file, 1 thread): {r['capsules_per_s']:.0f} capsules/s, "
               f"{r['mb_per_s']:.0f} MB/s written, {r['kv_bytes_per_capsule'] / 1024:.1f} KiB/capsule")
     single = rows[0]
-    est = estimate(store["fp16"]["mb_per_s"], single["capsules_per_s"], params, store["fp16"]["tokens_per_capsule"])
+    est = estimate(store, single["capsules_per_s"], params, store["fp16"]["tokens_per_capsule"])
     print(f"\nCPU: {est['cpu_achieved_gflops']:.0f} GFLOP/s achieved (2·P·t, unpadded t); 10M capsules = "
           f"{est['cpu_core_hours']:,.0f} core-hours. Estimate for 10M capsules on N GPU workers (assumed TFLOP/s, "
           f"measured store rate {est['store_mb_per_s']:.0f} MB/s fp16 per core):")
