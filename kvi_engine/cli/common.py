@@ -9,13 +9,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     and exit status 2. Anything else is a bug and keeps its traceback."""
     from kvi_engine.capsules.capsule import CapsuleFormatError
     from kvi_engine.dispatch import BackendUnavailable
+    from kvi_engine.distributed.cluster import ClusterError
     from kvi_engine.formats.container import FormatError
     from kvi_engine.models.fingerprint import FingerprintMismatch
     from kvi_engine.models.rope import UnsupportedRoPE
     from kvi_engine.utils.extras import MissingExtra
     # OSError: a named model or tokenizer that cannot be found or loaded.
     return (OSError, CapsuleFormatError, FormatError, FingerprintMismatch, UnsupportedRoPE, BackendUnavailable,
-            MissingExtra, IndexError, KeyError, ValueError)
+            ClusterError, MissingExtra, IndexError, KeyError, ValueError)
 
 
 def message(e: BaseException) -> str:

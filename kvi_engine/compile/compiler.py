@@ -3,7 +3,12 @@
 Each capsule is compiled alone (after the tokenizer's shared prefix, e.g. BOS, which it attends to as in normal
 use), so its KV does not depend on which other capsules it is later injected with. Capsules are sorted by length
 and right-padded in batches: causal attention means real tokens never see the padding, so batched compile equals
-one-at-a-time compile.
+one-at-a-time compile up to float rounding.
+
+The schedule is fixed by the corpus alone (:func:`batch_schedule`): contiguous blocks of ``shard_size`` ids, each
+sorted by length and cut into batches of ``batch_size``. A capsule's batch -- and so the exact float bits of its
+KV, which depend on the batch's padded shape -- is then the same whether the whole corpus is compiled here or its
+blocks are compiled as shards by any number of workers (:mod:`kvi_engine.distributed`).
 
 The same machinery compiles the new segment of an update: :func:`add_capsules` (new ids) and
 :func:`recompile_entity` (new KV under the same ids); removal, compaction and requantization need no model and live
@@ -68,19 +73,43 @@ def _run(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict:
         return dict(rec)
 
 
-def _compile_segment(model, tokenizer, caps: list[Capsule], texts: list[str], make_writer, *, batch_size: int,
-                     progress: bool) -> tuple:
-    """Run the model over ``texts`` and stream their KV into ``make_writer(lengths, token_ids, meta, prefix,
-    prefix_k, prefix_v)`` (a :class:`SegmentWriter`); returns the closed segment and the compile seconds."""
+DEFAULT_SHARD_SIZE = 4096
+
+
+def batch_schedule(lengths: np.ndarray, batch_size: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[np.ndarray]:
+    """Rows of each batch: blocks ``[0, shard_size), [shard_size, 2 shard_size), …`` of the rows, each sorted by
+    descending length (stable) and cut into batches of ``batch_size``; no batch spans two blocks."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    lengths = np.asarray(lengths)
+    out = []
+    for lo in range(0, len(lengths), shard_size):
+        order = lo + np.argsort(-lengths[lo:lo + shard_size], kind="stable")
+        out += [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return out
+
+
+def compile_segment(model, tokenizer, caps: list[Capsule], texts: list[str], make_writer, *, batch_size: int,
+                    progress: bool, shard_size: int = DEFAULT_SHARD_SIZE, ids: Sequence[int] | None = None,
+                    on_batch=None) -> tuple:
+    """Run the model over ``texts`` and stream their KV into ``make_writer(lengths, token_ids, meta, prefix,
+    prefix_k, prefix_v)`` (a :class:`SegmentWriter`) in the order of :func:`batch_schedule`; returns the closed
+    segment and the compile seconds. ``ids``: the bank ids of the rows (for messages; default the row numbers).
+    ``on_batch(batches_done, capsules_done)``, if given, runs after each batch."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     rope.check_repositionable(model)
     if not caps:
         raise ValueError("nothing to compile: no capsules and no entities given")
     ids = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
     for i, t in enumerate(ids):
         if not t:
-            raise ValueError(f"capsule {i} ({caps[i].triple}) renders to an empty statement")
+            raise ValueError(f"capsule {i if ids is None else ids[i]} ({caps[i].triple}) renders to an empty "
+                             "statement")
     prefix = shared_prefix(tokenizer)
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -99,10 +128,10 @@ def _compile_segment(model, tokenizer, caps: list[Capsule], texts: list[str], ma
     w: SegmentWriter = make_writer(lengths, np.concatenate([np.asarray(t, np.int32) for t in ids]), meta, prefix,
                                    pk, pv)
     try:
-        order = np.argsort(-lengths, kind="stable")
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = batch_schedule(lengths, batch_size, shard_size)
         t0 = time.perf_counter()
-        for batch in tqdm(batches, desc="compile", unit="batch", disable=not progress):
+        done = 0
+        for b, batch in enumerate(tqdm(batches, desc="compile", unit="batch", disable=not progress)):
             T = P + int(lengths[batch].max())
             input_ids = torch.full((len(batch), T), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), T), dtype=torch.long)
@@ -116,16 +145,19 @@ def _compile_segment(model, tokenizer, caps: list[Capsule], texts: list[str], ma
                 ks = torch.cat([k[r, P:P + int(lengths[ci])] for r, ci in enumerate(batch)]).numpy()
                 vs = torch.cat([v[r, P:P + int(lengths[ci])] for r, ci in enumerate(batch)]).numpy()
                 w.put(layer, batch, ks, vs)
+            done += len(batch)
+            if on_batch is not None:
+                on_batch(b + 1, done)
         seconds = time.perf_counter() - t0
-        w.header["compile"] = {"batch_size": batch_size, "model_dtype": str(next(model.parameters()).dtype),
-                               "seconds": seconds}
+        w.header["compile"] = {"batch_size": batch_size, "shard_size": shard_size,
+                               "model_dtype": str(next(model.parameters()).dtype), "seconds": seconds}
         return w.close(), seconds
     except BaseException:
         w.abort()
         raise
 
 
-def _model_dims(model) -> dict:
+def model_dims(model) -> dict:
     cfg = model.config
     return {"num_layers": cfg.num_hidden_layers, "num_kv_heads": cfg.num_key_value_heads,
             "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads}
@@ -133,18 +165,22 @@ def _model_dims(model) -> dict:
 
 def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.PathLike, quant="fp16", *,
                  entities: Sequence[Entity] = (), templates: dict[str, str] | None = None, batch_size: int = 32,
-                 progress: bool = True) -> KVBank:
+                 shard_size: int = DEFAULT_SHARD_SIZE, progress: bool = True) -> KVBank:
     """Compile ``capsules`` (then one anchor per entity in ``entities``) into a new bank directory ``out``
     (replacing any bank there).
 
     Capsule id ``i`` of the bank is ``capsules[i]``; anchors follow in entity order. ``quant`` is the storage
     scheme: "fp32", "fp16", "bf16", "int8", "int4", "int2" or "fp8", with options as in
     :meth:`QuantSpec.parse` (e.g. "int4:g64", "int8:channel"); see :mod:`kvi_engine.bank.quant` for the formats.
+    ``batch_size`` and ``shard_size`` fix the schedule (:func:`batch_schedule`): the same values give the same
+    bits here and in :func:`kvi_engine.distributed.compile_bank` on any number of workers.
     """
     spec = QuantSpec.parse(quant)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    spec.header(_model_dims(model)["head_dim"])
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    spec.header(model_dims(model)["head_dim"])
     rope.check_repositionable(model)
     caps, texts = capsule_statements(capsules, entities, templates)
     if not caps:
@@ -156,19 +192,20 @@ def compile_bank(model, tokenizer, capsules: Sequence[Capsule], out: str | os.Pa
         def make_writer(lengths, token_ids, meta, prefix, pk, pv):
             header = {"engine_version": __version__, "created_unix": time.time(),
                       "fingerprint": fingerprint.fingerprint(model, tokenizer), "rope": rope.rope_parameters(model)}
-            return SegmentWriter(path, spec, **_model_dims(model), lengths=lengths, token_ids=token_ids, meta=meta,
+            return SegmentWriter(path, spec, **model_dims(model), lengths=lengths, token_ids=token_ids, meta=meta,
                                  capsule_ids=np.arange(len(meta)), prefix_token_ids=prefix, prefix_k=pk,
                                  prefix_v=pv, header=header)
         return make_writer
 
     with bank_updates.writer_lock(out):
         if not (out / MANIFEST_FILE).exists():  # empty directory or a single-file bank: one rename replaces it
-            _compile_segment(model, tokenizer, caps, texts, writer_to(out / FIRST_SEGMENT), batch_size=batch_size,
-                             progress=progress)
+            compile_segment(model, tokenizer, caps, texts, writer_to(out / FIRST_SEGMENT), batch_size=batch_size,
+                            shard_size=shard_size, progress=progress)
             bank_updates.collect_garbage(out, {FIRST_SEGMENT})
         else:
-            _replace_updated_bank(out, lambda path: _compile_segment(
-                model, tokenizer, caps, texts, writer_to(path), batch_size=batch_size, progress=progress)[0])
+            _replace_updated_bank(out, lambda path: compile_segment(
+                model, tokenizer, caps, texts, writer_to(path), batch_size=batch_size, shard_size=shard_size,
+                progress=progress)[0])
     return KVBank.open(out)
 
 
@@ -204,7 +241,7 @@ def _replace_updated_bank(out: Path, compile_to) -> None:
 
 def _check_bank_model(u: bank_updates.Update, model, tokenizer) -> None:
     first = u.snap.first
-    dims = _model_dims(model)
+    dims = model_dims(model)
     have = {"num_layers": first.num_layers, "num_kv_heads": first.num_kv_heads, "head_dim": first.head_dim}
     if dims != have:
         raise fingerprint.FingerprintMismatch(f"{u.root}: bank shape {have} does not match the model's {dims}")
@@ -230,8 +267,8 @@ def add_capsules(bank_dir: str | os.PathLike, model, tokenizer, capsules: Sequen
     with bank_updates.Update(bank_dir) as u:
         _check_bank_model(u, model, tokenizer)
         ids = u.next_ids(len(caps))
-        seg, _ = _compile_segment(model, tokenizer, caps, texts, _update_writer(u, ids), batch_size=batch_size,
-                                  progress=progress)
+        seg, _ = compile_segment(model, tokenizer, caps, texts, _update_writer(u, ids), batch_size=batch_size,
+                                 progress=progress)
         u.commit(u.snap.segments + [seg], np.concatenate([u.seg, np.full(len(ids), len(u.snap.segments))]),
                  np.concatenate([u.row, np.arange(len(ids))]))
     return ids.tolist()
@@ -256,8 +293,8 @@ def recompile_entity(bank_dir: str | os.PathLike, model, tokenizer, entity: str,
         if (u.seg[ids_arr] < 0).any():
             raise KeyError(f"{bank_dir}: a capsule of {entity!r} was removed while re-compiling")
         caps_, texts = capsule_statements(caps, (), templates)
-        seg, _ = _compile_segment(model, tokenizer, caps_, texts, _update_writer(u, ids_arr), batch_size=batch_size,
-                                  progress=False)
+        seg, _ = compile_segment(model, tokenizer, caps_, texts, _update_writer(u, ids_arr), batch_size=batch_size,
+                                 progress=False)
         u.seg[ids_arr], u.row[ids_arr] = len(u.snap.segments), np.arange(len(ids))
         u.commit(u.snap.segments + [seg], u.seg, u.row)
     return ids

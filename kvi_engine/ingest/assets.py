@@ -15,6 +15,7 @@ from kvi_engine.ingest.documents import Document, load_documents
 from kvi_engine.ingest.entities import AliasTable, canonicalize_capsules, merge_entities
 from kvi_engine.ingest.llm import LLMExtractor, Rejection
 from kvi_engine.ingest.rules import RuleExtractor
+from kvi_engine.ingest.sentences import Sentence
 from kvi_engine.ingest.store import SentenceStore, sentence_store_from_documents
 
 
@@ -29,17 +30,41 @@ class Assets:
 def build_assets(documents: Sequence[Document], entities: Sequence[Entity] = (),
                  extractor: RuleExtractor | LLMExtractor | None = None) -> Assets:
     """Split, extract (rule-based over ``entities`` unless an extractor is given), merge entity aliases, and
-    canonicalise capsule arguments. Arguments that are not known entities and not numbers become new entities."""
+    canonicalise capsule arguments. Arguments that are not known entities and not numbers become new entities.
+
+    Two stages: :func:`extract_part` (per document: sentences and extraction) and :func:`assemble_assets` (over the
+    whole corpus: duplicates, new entities). :func:`kvi_engine.distributed.build_assets` runs the first on shards
+    of documents in parallel and the second once, over the parts in document order: the same result."""
     merged, _ = merge_entities(entities)
-    store = sentence_store_from_documents(documents)
+    return assemble_assets([extract_part(documents, merged, extractor)], merged)
+
+
+@dataclass(slots=True)
+class AssetsPart:
+    """What the per-document stage yields for some documents: their sentences, extracted capsules, rejections."""
+    sentences: list[Sentence]
+    capsules: list[Capsule]
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+def extract_part(documents: Sequence[Document], merged: Sequence[Entity],
+                 extractor: RuleExtractor | LLMExtractor | None = None) -> AssetsPart:
+    """Sentences of ``documents`` and the capsules extracted from them (``merged``: already merged entities)."""
+    sentences = [s for d in documents for s in d.sentences()]
     extractor = extractor or RuleExtractor(merged)
-    rejections: list[Rejection] = []
     if isinstance(extractor, LLMExtractor):
-        result = extractor.extract(store)
-        capsules, rejections = result.capsules, result.rejections
-    else:
-        capsules = extractor.extract(store)
-    capsules = canonicalize_capsules(capsules, AliasTable(merged))
+        result = extractor.extract(sentences)
+        return AssetsPart(sentences, result.capsules, result.rejections)
+    return AssetsPart(sentences, extractor.extract(sentences))
+
+
+def assemble_assets(parts: Sequence[AssetsPart], merged: Sequence[Entity]) -> Assets:
+    """The corpus-wide stage over ``parts`` in document order: the sentence store, capsule arguments canonicalised
+    and exact duplicates dropped (first provenance kept), unknown arguments made entities."""
+    store = SentenceStore(s for p in parts for s in p.sentences)
+    capsules = canonicalize_capsules((c for p in parts for c in p.capsules), AliasTable(merged))
+    rejections = [r for p in parts for r in p.rejections]
+    merged = list(merged)
     known = {e.name for e in merged}
     extra = [n for n in dict.fromkeys(x for c in capsules for x in (c.subject, c.object))
              if n not in known and not n.replace(",", "").replace(".", "").isdigit()]

@@ -99,3 +99,10 @@ def bench_model(tokenizer=None, *, seed: int = 0):
     tokenizer = tokenizer or tiny_tokenizer(vocab_size=8192)
     return tiny_model("qwen2", tokenizer, seed=seed, hidden=768, layers=12, heads=12, kv_heads=4,
                       intermediate=2688), tokenizer
+
+
+def tiny_replica(family: str = "llama", *, bos: bool = True, seed: int = 0):
+    """``(model, tokenizer)`` of a tiny random model: the model factory the distributed tests send to their workers
+    (as ``functools.partial(tiny_replica, ...)``, importable by reference)."""
+    tok = tiny_tokenizer(bos=bos)
+    return tiny_model(family, tok, seed=seed), tok
