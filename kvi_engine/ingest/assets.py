@@ -6,11 +6,14 @@ Only documents are read. A QA dataset is never an input here, so no question -> 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 from kvi_engine.capsules.capsule import Capsule, Entity, load_capsules, load_entities, save_capsules, save_entities
+from kvi_engine.ingest.analysis import AnalysisOptions, Analyzer
+from kvi_engine.ingest.assemble import assemble
 from kvi_engine.ingest.documents import Document, load_documents
 from kvi_engine.ingest.entities import AliasTable, canonicalize_capsules, merge_entities
 from kvi_engine.ingest.llm import LLMExtractor, Rejection
@@ -24,6 +27,8 @@ class Assets:
     capsules: list[Capsule]
     entities: list[Entity]
     rejections: list[Rejection] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # documented fallbacks (e.g. a document with no sentences)
+    stats: dict = field(default_factory=dict)
 
 
 def build_assets(documents: Sequence[Document], entities: Sequence[Entity] = (),
@@ -45,9 +50,33 @@ def build_assets(documents: Sequence[Document], entities: Sequence[Entity] = (),
              if n not in known and not n.replace(",", "").replace(".", "").isdigit()]
     if extra:
         merged, rename = merge_entities([*merged, *(Entity(n) for n in extra)])
-        capsules = [Capsule(rename.get(c.subject, c.subject), c.relation, rename.get(c.object, c.object),
-                            c.sentence_id, c.sentence, c.kind) for c in capsules]
+        capsules = [replace(c, subject=rename.get(c.subject, c.subject), object=rename.get(c.object, c.object))
+                    for c in capsules]
     return Assets(store, capsules, merged, rejections)
+
+
+def build_open_assets(documents: Sequence[Document], entities: Sequence[Entity] = (), *,
+                      options: AnalysisOptions | None = None, templates: bool = True,
+                      extractor: LLMExtractor | None = None, nlp=None, progress: bool = False) -> Assets:
+    """Open ingestion, no entity list needed: spaCy analysis of every document (sentences, NER, open triples), then
+    the corpus-wide assembly (titles, NER names and ``entities`` as entities; mentions; triples from the parse, the
+    relation templates when ``templates`` and ``extractor`` when given; one sentence capsule per sentence). A pure
+    function of its arguments: shards analysed apart (``Analyzer.analyse``) assemble to the same assets in document
+    order (``assemble``)."""
+    documents = list(documents)
+    if not documents:
+        raise ValueError("no documents to ingest")
+    t0 = time.perf_counter()
+    analyses = Analyzer(options, nlp).analyse(documents, progress=progress)
+    t1 = time.perf_counter()
+    merged, _ = merge_entities(entities)
+    rules = (lambda ents: RuleExtractor(ents)) if templates else None
+    a = assemble(analyses, merged, rule_extractor=rules, llm_extractor=extractor)
+    if not a.sentences:
+        raise ValueError(f"no sentences in {len(documents)} document(s): nothing to ingest "
+                         f"({a.notes[0] if a.notes else 'every document is empty'})")
+    stats = {**a.stats, "analyse_s": round(t1 - t0, 3), "assemble_s": round(time.perf_counter() - t1, 3)}
+    return Assets(SentenceStore(a.sentences), a.capsules, a.entities, list(a.rejections), a.notes, stats)
 
 
 def save_assets(assets: Assets, out_dir: str | os.PathLike) -> dict[str, Path]:
