@@ -15,6 +15,8 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "bank-scale": ("bank_scale", "a 1M-capsule bank: open, fetch, resident memory, updates"),
     "bank-accuracy": ("bank_accuracy", "quantised banks vs fp16 on the test model families"),
     "kpr": ("kpr", "KPR end to end: build, train, knowledge update, recall@k"),
+    "retrieval": ("retrieval", "evidence reaching the model (RAG vs KVI) and latency on the shared real QA sets"),
+    "ingest": ("ingest", "open ingestion throughput (sentences/s, NER included) and memory, up to 100K sentences"),
 }
 
 

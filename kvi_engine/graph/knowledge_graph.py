@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 
 from kvi_engine import dispatch
-from kvi_engine.capsules.capsule import Capsule, Entity
+from kvi_engine.capsules.capsule import SENTENCE_RELATION, Capsule, Entity
 from kvi_engine.formats.container import Container, FormatError, write_container
 from kvi_engine.formats.strings import StringTable
 from kvi_engine.graph import twin as graph_twin
@@ -365,6 +365,14 @@ class KnowledgeGraph:
         literal = self._t["entity_types"][o] if self.is_literal(o) else ""
         return Capsule(self.entity_name(s), self._t["relations"][r], self.entity_name(o), sid or None, text,
                        literal=literal)
+
+    def sentence_capsule(self, k: int) -> Capsule:
+        """Sentence ``k`` as a sentence capsule (subject: its first entity, else its id; entities: its mentions)."""
+        sid, text = self.sentence(k)
+        names = tuple(self.entity_name(int(e)) for e in self.mentions.of_sentence(k))
+        label = sid or f"sentence {k}"
+        return Capsule(names[0] if names else label, SENTENCE_RELATION, label, sid or None, text, kind="sentence",
+                       entities=names)
 
     def capsule_index(self, triple_ids) -> np.ndarray:
         """Positions, in the capsule list the graph was built from, of these triples."""

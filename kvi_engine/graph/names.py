@@ -15,6 +15,7 @@ decide that a span of text names an entity.
 """
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections import Counter
@@ -60,6 +61,7 @@ def fold_accents(text: str) -> str:
     return text if text.isascii() else text.translate(_ACCENTS)
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def name_key(name: str) -> str:
     """The lookup key of a name: accent-folded, linker-normalised, without a leading article ("" if nothing is
     left)."""

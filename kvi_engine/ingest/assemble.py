@@ -20,8 +20,9 @@ entities and the options.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -36,7 +37,8 @@ from kvi_engine.ingest.sentences import Sentence
 NER_TYPES = {"PERSON": "person", "ORG": "organisation", "GPE": "place", "LOC": "location", "FAC": "facility",
              "NORP": "group", "EVENT": "event", "WORK_OF_ART": "work", "PRODUCT": "product", "LAW": "law",
              "LANGUAGE": "language"}
-_WEIGHT = {"given": 5, "title": 3}  # alias counts a name starts with (an NER mention adds 1)
+_WEIGHT = {"given": 5, "title": 3}
+_NUMBER = re.compile(r"^-?\d[\d,.]*$")  # alias counts a name starts with (an NER mention adds 1)
 
 
 @dataclass(slots=True)
@@ -175,7 +177,10 @@ def assemble(analyses: Sequence[DocumentAnalysis], entities: Sequence[Entity] = 
         for span in s.names:
             kk = name_key(span.text)
             eid = _resolve_name(table, kk, span.text, span.label, te)
-            table.ents[eid].labels[span.label] += 1
+            x = table.ents[eid]
+            x.labels[span.label] += 1
+            if kk != name_key(x.name) and kk not in {name_key(a) for a in x.aliases}:
+                x.aliases.append(span.text)  # what the text calls it ("Wood" for Ed Wood)
             table.count(kk, eid)
             ment.setdefault(eid, "ner")
             spans.append((span.start, span.end, eid))
@@ -225,16 +230,20 @@ def assemble(analyses: Sequence[DocumentAnalysis], entities: Sequence[Entity] = 
 
     sentences = [Sentence(s.id, analyses[di].doc_id, s.text) for di, s in sents]
     extra: dict[str, list[Capsule]] = {}
-    if rule_extractor is not None:
-        for c in rule_extractor(out_entities).extract(sentences):
-            extra.setdefault(c.sentence_id, []).append(c)
+    found: list[Capsule] = []
     notes: list[str] = []
     rejections = []
+    if rule_extractor is not None:
+        found += rule_extractor(out_entities).extract(sentences)
     if llm_extractor is not None:
         result = llm_extractor.extract(sentences)
-        for c in result.capsules:
-            extra.setdefault(c.sentence_id, []).append(c)
+        found += result.capsules
         rejections = result.rejections
+    names_taken = {e.name for e in out_entities}
+    for c in found:
+        if _NUMBER.match(c.object) and c.object not in names_taken and not c.literal:
+            c = replace(c, literal="number")  # a year or a count: a value, never an entity
+        extra.setdefault(c.sentence_id, []).append(c)
 
     capsules: list[Capsule] = []
     seen: set[tuple[str, str, str]] = set()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kvi_engine.capsules.capsule import Capsule, Entity, load_capsules, load_entities, save_capsules, save_entities
+from kvi_engine.capsules.statements import DEFAULT_TEMPLATES
 from kvi_engine.ingest.analysis import AnalysisOptions, Analyzer
 from kvi_engine.ingest.assemble import assemble
 from kvi_engine.ingest.documents import Document, load_documents
@@ -55,6 +56,11 @@ def build_assets(documents: Sequence[Document], entities: Sequence[Entity] = (),
     return Assets(store, capsules, merged, rejections)
 
 
+# The relation templates that open ingestion runs besides the parse: all but the copula ones, which the parse reads
+# with their real arguments ("X (born 1976 in France) is a French businessman" is not "France is a French").
+OPEN_TEMPLATES = {r: t for r, t in DEFAULT_TEMPLATES.items() if r not in ("is_a", "instance_of")}
+
+
 def build_open_assets(documents: Sequence[Document], entities: Sequence[Entity] = (), *,
                       options: AnalysisOptions | None = None, templates: bool = True,
                       extractor: LLMExtractor | None = None, nlp=None, progress: bool = False) -> Assets:
@@ -70,7 +76,7 @@ def build_open_assets(documents: Sequence[Document], entities: Sequence[Entity] 
     analyses = Analyzer(options, nlp).analyse(documents, progress=progress)
     t1 = time.perf_counter()
     merged, _ = merge_entities(entities)
-    rules = (lambda ents: RuleExtractor(ents)) if templates else None
+    rules = (lambda ents: RuleExtractor(ents, OPEN_TEMPLATES)) if templates else None
     a = assemble(analyses, merged, rule_extractor=rules, llm_extractor=extractor)
     if not a.sentences:
         raise ValueError(f"no sentences in {len(documents)} document(s): nothing to ingest "
@@ -101,16 +107,17 @@ def load_assets(directory) -> Assets:
                   load_entities(d / "entities.jsonl"))
 
 
-def assets_from_documents(docs, entities_path=None, capsules_path=None) -> Assets:
-    """Assets from documents only: the sentence store from ``docs``, capsules from ``capsules_path`` when given, else
-    extracted by the rule extractor over the entities. The QA dataset is not an argument, by design."""
+def assets_from_documents(docs, entities_path=None, capsules_path=None, progress: bool = False) -> Assets:
+    """Assets from documents only: the sentence store from ``docs``, capsules from ``capsules_path`` when given,
+    else extracted by the rule extractor over the entities, else (no entity list) by open ingestion
+    (:func:`build_open_assets`). The QA dataset is not an argument, by design."""
 
     documents = load_documents(*docs)
     entities = load_entities(entities_path) if entities_path else []
     if capsules_path:
         return Assets(sentence_store_from_documents(documents), load_capsules(capsules_path), entities)
     if not entities:
-        raise ValueError("rule-based extraction needs --entities (or pass ready-made --capsules)")
+        return build_open_assets(documents, progress=progress)
     assets = build_assets(documents, entities)
     if not assets.capsules:
         raise ValueError(f"no capsules were extracted from {', '.join(map(str, docs))}; check --entities")

