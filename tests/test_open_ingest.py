@@ -143,3 +143,32 @@ def test_sentence_capsules_round_trip_through_jsonl(tmp_path, assets):
     assert load_capsules(tmp_path / "c.jsonl") == caps
     with pytest.raises(ValueError, match="sentence text"):
         Capsule("x", "states", "d:s1", "d:s1", "", kind="sentence")
+
+
+def test_triple_path_falls_back_to_every_relation_when_pruning_empties_it(assets):
+    """Triple-only knowledge (no sentence capsules) goes through the traversal: "born" asks for born_in, which
+    Xawery Żuławski's paragraph never states; pruning would leave nothing, so every relation is traversed and the
+    trace says so. A minimum score leaves slots empty; anchors that say nothing are never injected."""
+    from kvi_engine.capsules.statements import anchor_capsule, has_content
+    from kvi_engine.retrieval.capsule_retriever import INTENT_FALLBACK, CapsuleRetriever, RetrievalConfig
+
+    caps = [c for c in assets.capsules if c.kind == "triple"] + [anchor_capsule(e) for e in assets.entities]
+    graph = KnowledgeGraph.from_capsules(caps, assets.entities)
+    born = "Where was Xawery Żuławski born?"
+    pruned, = CapsuleRetriever(graph, config=RetrievalConfig(top_k=4)).retrieve([born])
+    assert pruned.entities == ["Xawery Żuławski"] and pruned.intent.relations == {"born_in"}
+    assert pruned.fallback == INTENT_FALLBACK
+    got = {sc.capsule.triple for sc in pruned.selection.capsules}
+    assert ("Xawery Żuławski", "son_of", "Małgorzata Braunek") in got and len(got) == 4
+    assert ("Xawery Żuławski", "son_of", "Andrzej Żuławski") in {c.triple for c in caps}   # the stray conjunct
+    ents = by_name(assets)
+    assert pruned.anchor_ids and not all(has_content(e) for e in assets.entities)
+    for cid in pruned.anchor_ids:
+        assert caps[cid].kind == "anchor" and has_content(ents[caps[cid].subject])
+    strict, = CapsuleRetriever(graph, config=RetrievalConfig(top_k=4, min_score=10.0)).retrieve([born])
+    assert strict.selection.capsules == [] and strict.fallback == INTENT_FALLBACK
+    directed, = CapsuleRetriever(graph, config=RetrievalConfig(top_k=4)).retrieve(
+        ["Who directed Polish-Russian War?"])
+    assert directed.fallback is None
+    assert ("Polish-Russian War (film)", "directed_by", "Xawery Żuławski") in {
+        sc.capsule.triple for sc in directed.selection.capsules}

@@ -111,10 +111,13 @@ def extract_triples(sent, mention_of: dict[int, int], topic_type: str | None, le
             pairs = []
             if ch.dep_ in _OBJECTS:
                 pred = "is_a" if copula and ch.dep_ == "attr" else base
-                pairs = [(pred, o) for o in (ch, *ch.conjuncts)]
-                if ch.dep_ == "attr":
-                    pairs += [(f"{ch.lower_}_of", o) for p in ch.children if p.dep_ == "prep" and p.lower_ == "of"
-                              for g in p.children if g.dep_ == "pobj" for o in (g, *g.conjuncts)]
+                of = [g for p in ch.children if p.dep_ == "prep" and p.lower_ == "of"
+                      for g in p.children if g.dep_ == "pobj"] if ch.dep_ == "attr" else []
+                # "the son of A and director B": the parser often hangs the name B on "son", not on A; a name
+                # conjoined to a common noun that has an "of" phrase is one more object of that phrase
+                stray = [c for c in ch.conjuncts if of and ch.pos_ == "NOUN" and c.pos_ == "PROPN"]
+                pairs = [(pred, o) for o in (ch, *ch.conjuncts) if o not in stray]
+                pairs += [(f"{ch.lower_}_of", o) for g in of for o in (g, *g.conjuncts, *stray)]
             elif ch.dep_ in ("prep", "agent"):
                 pairs = [(f"{base}_{ch.lower_}", o) for g in ch.children if g.dep_ == "pobj"
                          for o in (g, *g.conjuncts)]
