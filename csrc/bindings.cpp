@@ -20,6 +20,7 @@
 #include "kvi/linker.h"
 #include "kvi/normalize.h"
 #include "kvi/parallel.h"
+#include "kvi/ppr.h"
 #include "kvi/quant.h"
 #include "kvi/traverse.h"
 
@@ -203,6 +204,39 @@ static void bind_graph(py::module_& m) {
         },
         py::arg("key").noconvert(), py::arg("num_keys"),
         "CSR grouping of row ids by key: (indptr int64[num_keys+1], order int32[n]), ascending row id per group.");
+
+    m.def(
+        "ppr",
+        [](py::array s_indptr, py::array s_entities, py::array s_weight, py::array e_indptr, py::array e_sentences,
+           py::array e_weight, py::array reset_s, py::array reset_e, double restart, int64_t iterations) {
+            kvi::MentionWalk w;
+            w.num_sentences = reset_s.ndim() == 1 ? reset_s.shape(0) : -1;
+            w.num_entities = reset_e.ndim() == 1 ? reset_e.shape(0) : -1;
+            w.num_mentions = s_entities.ndim() == 1 ? s_entities.shape(0) : -1;
+            const float* rs = array_data<float>(reset_s, "reset_s");
+            const float* re = array_data<float>(reset_e, "reset_e");
+            w.s_indptr = array_data<int64_t>(s_indptr, "s_indptr", w.num_sentences + 1);
+            w.s_entities = array_data<int32_t>(s_entities, "s_entities");
+            w.s_weight = array_data<float>(s_weight, "s_weight", w.num_mentions);
+            w.e_indptr = array_data<int64_t>(e_indptr, "e_indptr", w.num_entities + 1);
+            w.e_sentences = array_data<int32_t>(e_sentences, "e_sentences", w.num_mentions);
+            w.e_weight = array_data<float>(e_weight, "e_weight", w.num_mentions);
+            if (!(restart > 0.0 && restart <= 1.0) || iterations < 0 || iterations > INT32_MAX)
+                throw std::invalid_argument("ppr: restart must be in (0, 1] and iterations >= 0, got " +
+                                            std::to_string(restart) + ", " + std::to_string(iterations));
+            kvi::validate(w);
+            std::vector<float> out_s(w.num_sentences), out_e(w.num_entities);
+            {
+                py::gil_scoped_release nogil;
+                kvi::ppr(w, rs, re, restart, static_cast<int>(iterations), out_s.data(), out_e.data());
+            }
+            return py::make_tuple(to_numpy(std::move(out_s)), to_numpy(std::move(out_e)));
+        },
+        py::arg("s_indptr").noconvert(), py::arg("s_entities").noconvert(), py::arg("s_weight").noconvert(),
+        py::arg("e_indptr").noconvert(), py::arg("e_sentences").noconvert(), py::arg("e_weight").noconvert(),
+        py::arg("reset_s").noconvert(), py::arg("reset_e").noconvert(), py::arg("restart"), py::arg("iterations"),
+        "Personalised PageRank over the sentence-entity mention graph: (p_sentences float32[S], p_entities "
+        "float32[N]).");
 
     py::class_<PyGraph>(m, "Graph", "Validated view of a knowledge graph's triple and CSR arrays (no copies).")
         .def(py::init<py::array, py::array, py::array, py::array, py::array, py::array, py::array, int64_t, int64_t>(),

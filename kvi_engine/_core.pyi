@@ -9,6 +9,12 @@ def num_threads_default() -> int: ...
 def build_csr(key: npt.NDArray[np.int32], num_keys: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
     """(indptr [num_keys + 1], order [n]): row ids grouped by key, ascending within a group."""
 
+def ppr(s_indptr: npt.NDArray[np.int64], s_entities: npt.NDArray[np.int32], s_weight: npt.NDArray[np.float32],
+        e_indptr: npt.NDArray[np.int64], e_sentences: npt.NDArray[np.int32], e_weight: npt.NDArray[np.float32],
+        reset_s: npt.NDArray[np.float32], reset_e: npt.NDArray[np.float32], restart: float,
+        iterations: int) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+    """Personalised PageRank over the sentence-entity mention graph (kvi_engine/graph/ppr.py)."""
+
 class Graph:
     def __init__(self, subj: npt.NDArray[np.int32], rel: npt.NDArray[np.int32], obj: npt.NDArray[np.int32],
                  out_indptr: npt.NDArray[np.int64], out_triples: npt.NDArray[np.int32],

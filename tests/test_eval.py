@@ -121,7 +121,8 @@ def test_evaluate_and_write_report(tmp_path):
     rows = list(csv.DictReader(io.StringIO(paths["csv"].read_text())))
     assert len(rows) == 9 and {r["metric"] for r in rows} == {"em", "f1", "relaxed"}
     data = json.loads(paths["json"].read_text())
-    assert data["version"] == 1 and data["reference"] == "KVI" and len(data["items"]) == 8
+    assert data["version"] == 2 and data["reference"] == "KVI" and len(data["items"]) == 8
+    assert set(data["methods"]) == {"KVI", "RAG", "LLM"} and data["methods"]["RAG"]["n"] == 8
     assert data["items"][0]["KVI"]["prediction"] == f"It is {gold[0]}."
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -136,3 +137,52 @@ def test_evaluate_rejects_inconsistent_runs():
     with pytest.raises(ValueError, match="different inputs"):
         evaluate(ds, {"KVI": ["x"] * 8, "RAG": ["x"] * 8}, inputs={"KVI": qs, "RAG": qs[::-1]})
     assert "| RAG |" in to_markdown(evaluate(ds, {"RAG": ["x"] * 8}))
+
+
+def test_support_metrics_by_hand():
+    from kvi_engine.capsules.capsule import Capsule
+    from kvi_engine.eval.dataset import QAItem
+    from kvi_engine.eval.support import SupportGold, support_report
+    from kvi_engine.ingest.sentences import Sentence
+    from kvi_engine.ingest.store import SentenceStore
+
+    store = SentenceStore([Sentence("a:s1", "a", "Ann Lee (born 1901) was a painter."),   # 27 characters squeezed
+                           Sentence("a:s2", "a", "She lived in Oslo."),
+                           Sentence("b:s1", "b", "Oslo is a city."), Sentence("c:s1", "c", "Tamsk is a town.")])
+    caps = [Capsule("Oslo", "is_a", "city", "b:s1", "Oslo is a city.")]
+    items = [QAItem("q1", "?", ("x",), supporting=(("a", "was a painter. She lived"), ("b", None)), type="bridge"),
+             QAItem("q2", "?", ("x",), supporting=(("c", None),), type="single"),
+             QAItem("q3", "?", ("x",), support=(("Oslo", "is_a", "city"),)),
+             QAItem("q4", "?", ("x",))]                                      # no gold: not scored
+    gold = SupportGold(store, caps)
+    u = gold.units(items[0])
+    # the gold span crosses our boundary: 12 of its 20 characters lie in a:s1, 8 in a:s2
+    assert gold.score(u, ["a:s1"])["support_recall"] == 0.5        # 12/20 >= half, b missing
+    assert gold.score(u, ["a:s2", "b:s1"]) == {"support_recall": 0.5, "support_all": 0.0, "doc_recall": 1.0}
+    assert gold.score(u, ["a:s1", "b:s1"]) == {"support_recall": 1.0, "support_all": 1.0, "doc_recall": 1.0}
+    rep = support_report(items, {"M": [["a:s1"], ["c:s1"], ["b:s1"], []]}, store, caps)
+    m = rep["methods"]["M"]
+    assert rep["questions"] == 3 and m["n"] == 3
+    assert m["support_recall"] == pytest.approx((0.5 + 1 + 1) / 3) and m["support_all"] == pytest.approx(2 / 3)
+    assert m["doc_recall"] == pytest.approx((0.5 + 1 + 1) / 3)
+    assert m["by_type"]["bridge"]["support_all"] == 0.0 and m["by_type"]["single"]["n"] == 1
+    with pytest.raises(ValueError, match="'q9'.*'zz'"):
+        gold.units(QAItem("q9", "?", ("x",), supporting=(("zz", None),)))
+    with pytest.raises(ValueError, match="not found in document 'a'"):
+        gold.units(QAItem("q9", "?", ("x",), supporting=(("a", "No such words"),)))
+
+
+def test_dataset_accepts_the_shared_sets_fields(tmp_path):
+    p = tmp_path / "q.jsonl"
+    p.write_text(json.dumps({"id": "m1", "question": "Q?", "answers": ["a"], "type": "3hop1",
+                             "supporting": [{"doc_id": "d1", "sentence": None}], "context_doc_ids": ["d1", "d2"],
+                             "hops": [{"question": "q", "answer": "a", "doc_id": "d1"}] * 3}) + "\n" +
+                 json.dumps({"id": "p1", "question": "Q2?", "answers": ["yes"], "pmid": "1", "year": "2001",
+                             "long_answer": "L", "type": "yes_no_maybe",
+                             "supporting": [{"doc_id": "d2", "sentence": "S."}]}) + "\n")
+    a, b = load_dataset(p)
+    assert a.hops == 3 and a.group == "3hop1" and a.supporting == (("d1", None),) and len(a.extra["hops"]) == 3
+    assert b.extra == {"pmid": "1", "year": "2001", "long_answer": "L"} and b.supporting == (("d2", "S."),)
+    p.write_text(json.dumps({"id": "x", "question": "Q?", "answers": ["a"], "supporting": [{"doc": "d1"}]}) + "\n")
+    with pytest.raises(DatasetFormatError, match=r"q.jsonl:1: 'supporting'\[0\]"):
+        load_dataset(p)

@@ -8,7 +8,7 @@ import pytest
 from kvi_engine import _core
 from kvi_engine.capsules.capsule import Capsule, Entity
 from kvi_engine.formats.container import _PREAMBLE, MAGIC, Container, FormatError, write_container
-from kvi_engine.graph.knowledge_graph import KnowledgeGraph
+from kvi_engine.graph.knowledge_graph import GRAPH_VERSION, KnowledgeGraph
 from kvi_engine.graph.linker import EntityLinker
 from kvi_engine.graph.normalize import native_normalizer
 
@@ -67,7 +67,7 @@ def test_truncated_flipped_and_random_graph_files(saved, tmp_path, backend):
 
 def test_consistent_checksums_inconsistent_graph(saved, tmp_path):
     d, _ = saved
-    c = Container(d / "graph.kvig", "kvi-graph")
+    c = Container(d / "graph.kvig", "kvi-graph", (GRAPH_VERSION,))
     meta, arrays = c.meta, {n: c.array(n) for n in c.sections}
     arrays = {k: np.array(v) for k, v in arrays.items()}
     rng = np.random.default_rng(1)
@@ -90,7 +90,7 @@ def test_consistent_checksums_inconsistent_graph(saved, tmp_path):
         m = dict(meta)
         if case % 11 == 0:
             m["num_triples"] = int(rng.integers(-1, 100))
-        write_container(tmp_path / "graph.kvig", "kvi-graph", 1, m, bad)
+        write_container(tmp_path / "graph.kvig", "kvi-graph", GRAPH_VERSION, m, bad)
         rejected += not load_or_reject(tmp_path, backend=["cpp", "reference"][case % 2])
     assert rejected > 500
 

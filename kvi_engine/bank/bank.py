@@ -156,8 +156,7 @@ class KVBank:
         seg, row = self._snap.locate(self._check_id(i))
         m = seg.meta[row]
         try:
-            return Capsule(m["subject"], m["relation"], m["object"], m.get("sentence_id"), m.get("sentence", ""),
-                           m.get("kind", "triple"))
+            return Capsule.from_dict(m)
         except (KeyError, TypeError, ValueError) as e:
             raise BankFormatError(f"{seg.path}: capsule record {row} is malformed: {e}") from None
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from kvi_engine.bank.codec import encode_block
 from kvi_engine.bank.spec import QuantSpec, capsule_axis, kv_sections
+from kvi_engine.capsules.capsule import CAPSULE_KINDS
 from kvi_engine.formats.container import BankFormatError, Container, ContainerWriter
 
 MANIFEST_FILE = "MANIFEST.kvb"
@@ -49,8 +50,10 @@ def _record_fault(rec: dict) -> str:
         v = rec.get(key)
         if not isinstance(v, str) or not v.strip():
             return f"lacks a non-empty string {key!r}"
-    if rec.get("kind", "triple") not in ("triple", "anchor"):
-        return f"has kind {rec.get('kind')!r} (expected 'triple' or 'anchor')"
+    if rec.get("kind", "triple") not in CAPSULE_KINDS:
+        return f"has kind {rec.get('kind')!r} (expected one of {', '.join(CAPSULE_KINDS)})"
+    if not isinstance(rec.get("entities", []), list) or not isinstance(rec.get("attributes", []), list):
+        return "has non-list 'entities' or 'attributes'"
     for key in ("statement", "sentence"):
         if not isinstance(rec.get(key, ""), str):
             return f"has a non-string {key!r}"

@@ -28,11 +28,9 @@ LLM at 32 capsules and <= 1.5x at 128; RAG/KVI TTFT >= 10x at 128).
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 
@@ -40,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kvi_engine.benchmarks import results
-from kvi_engine.benchmarks.timing import paired_ratio, round_robin
+from kvi_engine.benchmarks.timing import PeakRSS, paired_ratio, round_robin
 from kvi_engine.benchmarks.ttft import synthetic_capsules
 from kvi_engine.capsules.capsule import Capsule
 from kvi_engine.compile.compiler import compile_bank
@@ -75,40 +73,6 @@ class Row:
     ttft_ratio_to_llm: float = float("nan")
 
 
-class _PeakRSS:
-    """Peak RSS increase over the start, sampled in a thread (``/proc/self/statm``, Linux)."""
-
-    def __init__(self, interval: float = 0.001):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-        self.base = self.peak = self._rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._rss())
-
-    @property
-    def mib(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 class Bench:
@@ -181,7 +145,7 @@ class Bench:
         rows = []
         for m in methods:
             ids, capsule_ids, knowledge, cache_tokens = inputs[m]
-            with _PeakRSS() as mem:
+            with PeakRSS() as mem:
                 self.run(m, ids, capsule_ids)
             ttfts = [t for t, _ in runs[m]]
             decode = statistics.median((total - t) for t, total in runs[m])

@@ -6,8 +6,10 @@ hundred ms apart, then the median (robust to drift between rounds).
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
@@ -65,3 +67,39 @@ def rss_mb() -> float:
     """Resident set size of this process in MiB (Linux)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """Peak RSS increase over the start, sampled in a thread (``/proc/self/statm``, Linux)."""
+
+    def __init__(self, interval: float = 0.001):
+        self.interval, self.peak, self._stop = interval, 0, threading.Event()
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self.base = self.peak = self._rss()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def mib(self) -> float:
+        return (self.peak - self.base) / 2**20

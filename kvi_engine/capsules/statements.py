@@ -84,6 +84,9 @@ def relation_words(relation: str) -> str:
 
 
 def render_statement(capsule: Capsule, templates: dict[str, str] | None = None) -> str:
+    """The text a capsule is compiled from: its relation's template, or a sentence capsule's sentence itself."""
+    if capsule.kind == "sentence":
+        return capsule.sentence
     templates = DEFAULT_TEMPLATES if templates is None else templates
     tpl = templates.get(capsule.relation)
     if tpl is None:
@@ -95,6 +98,11 @@ def anchor_capsule(entity: Entity) -> Capsule:
     """The entity's anchor: "X is a <type>." (or its description when it has no type)."""
     obj = entity.type or entity.description or "entity"
     return Capsule(subject=entity.name, relation="is_a", object=obj, kind="anchor")
+
+
+def has_content(entity: Entity) -> bool:
+    """Whether the entity's anchor says anything ("X is an entity." does not, so it is never injected)."""
+    return bool(entity.type or entity.description)
 
 
 def anchor_statement(entity: Entity) -> str:

@@ -17,6 +17,8 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "kpr": ("kpr", "KPR end to end: build, train, knowledge update, recall@k"),
     "vllm": ("vllm", "vLLM with injected capsules vs statements as prompt text vs plain vLLM (vLLM's own env)"),
     "compile": ("compile", "compile capsules/s: 1 process vs Ray with 1, 2, ... workers; worker start-up apart"),
+    "retrieval": ("retrieval", "evidence reaching the model (RAG vs KVI) and latency on the shared real QA sets"),
+    "ingest": ("ingest", "open ingestion throughput (sentences/s, NER included) and memory, up to 100K sentences"),
 }
 
 

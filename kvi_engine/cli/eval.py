@@ -12,6 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from kvi_engine.cli.common import add_model_args, load_model_from
+from kvi_engine.utils.atomic import atomic_open
 
 REFERENCE = "KVI"
 
@@ -20,7 +21,7 @@ def cmd_eval(args) -> int:
     import torch
 
     from kvi_engine.eval import evaluate, load_dataset, write_report
-    from kvi_engine.eval.support import recall_markdown, support_recall
+    from kvi_engine.eval.support import support_markdown, support_report
     from kvi_engine.ingest import save_assets
     from kvi_engine.ingest.assets import assets_from_documents, load_assets
     from kvi_engine.query.encoders import make_encoder
@@ -47,7 +48,7 @@ def cmd_eval(args) -> int:
             raise ValueError("--assets replaces --docs/--entities/--capsules; give one or the other")
         assets = load_assets(args.assets)
     else:
-        assets = assets_from_documents(docs, entities, args.capsules)
+        assets = assets_from_documents(docs, entities, args.capsules, progress=True)
     if not args.assets or Path(args.assets).resolve() != (out / "assets").resolve():
         save_assets(assets, out / "assets")
     encoder = make_encoder(args.retriever)
@@ -74,16 +75,17 @@ def cmd_eval(args) -> int:
                       reference=REFERENCE if REFERENCE in names else None,
                       inputs={n: [a.question for a in answers[n]] for n in names},
                       dataset_name=Path(args.dataset).stem, n_resamples=args.resamples, config=run_config)
+    report.support = support_report(dataset, {n: [a.trace.reached for a in answers[n]] for n in names},
+                                    assets.store, assets.capsules)
     paths = write_report(report, out)
-    recall = support_recall(dataset, answers, assets.capsules)
-    if any(recall.values()):
-        with open(out / "support_recall.json", "w", encoding="utf-8") as f:
-            json.dump(recall, f, indent=1)
+    if report.support["questions"]:
+        with atomic_open(out / "support_recall.json", "w") as f:
+            json.dump(report.support, f, indent=1)
         with open(paths["md"], "a", encoding="utf-8") as f:
-            f.write(recall_markdown(recall))
+            f.write(support_markdown(report.support))
     with open(out / "traces.jsonl", "w", encoding="utf-8") as f:
         for i, it in enumerate(dataset):
-            row = {"id": it.id, "question": it.question, "answers": list(it.answers), "hops": it.hops,
+            row = {"id": it.id, "question": it.question, "answers": list(it.answers), "hops": it.hops, "type": it.type,
                    "methods": {n: answers[n][i].to_dict() for n in names}}
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(paths["md"].read_text(encoding="utf-8"))
@@ -96,12 +98,14 @@ def add_subparsers(sub) -> None:
     from kvi_engine.query.methods import METHODS
 
     p = sub.add_parser("eval", help="evaluate LLM / RAG / GraphRAG / KV Prefix / KVI (+ ablations) on a QA set")
-    p.add_argument("dataset", help="QA JSONL: {id, question, answers[, hops, support, lang]} per line")
+    p.add_argument("dataset", help="QA JSONL: {id, question, answers[, hops, type, support, supporting, lang, "
+                                   "context_doc_ids, ...]} per line")
     p.add_argument("--methods", default=",".join(METHODS),
                    help="comma-separated: llm, rag, graphrag, kv-prefix, kvi, kvi-no-graph, kvi-no-kv (default: all)")
     p.add_argument("--out", required=True, help="report directory (report.md/csv/json/png, traces.jsonl, assets/)")
     p.add_argument("--docs", nargs="+", help="documents (txt/md/jsonl files or directories; default: the sample)")
-    p.add_argument("--entities", help="entities JSONL for linking and rule extraction (default with the sample)")
+    p.add_argument("--entities", help="entities JSONL for linking and rule extraction (default with the sample); "
+                                      "without it, --docs are ingested openly (spaCy: titles, NER, open triples)")
     p.add_argument("--capsules", help="ready-made capsules JSONL instead of rule extraction")
     p.add_argument("--assets", help="a saved assets directory (sentences/capsules/entities.jsonl) instead of --docs")
     p.add_argument("--retriever", default="minilm", help="minilm | kpr:DIR (dense retrieval and DRM embeddings)")

@@ -1,16 +1,25 @@
-"""QA datasets: JSONL, one ``{"id", "question", "answers": [...]}`` object per line, optionally ``hops`` (1, 2, ...),
-``support`` (``[[subject, relation, object], ...]``, for analysis only: never ingested) and ``lang``.
-Unknown fields, empty questions, empty answer lists and duplicate ids are errors naming the file and line.
+"""QA datasets: JSONL, one ``{"id", "question", "answers": [...]}`` object per line, optionally
+
+- ``hops``: a positive integer, or a list of the single-hop sub-questions (MuSiQue; ``hops`` is then its length);
+- ``support``: gold facts ``[[subject, relation, object], ...]`` (the sample corpus);
+- ``supporting``: gold evidence ``[{"doc_id", "sentence"}, ...]`` (``sentence`` null for paragraph-level support);
+- ``type``: the question type (2WikiMultihopQA "compositional", MuSiQue "3hop1", ...), ``lang``;
+- ``context_doc_ids`` and the extras the shared sets carry (``pmid``, ``year``, ``long_answer``, ...), kept as
+  they are in ``extra``.
+
+Gold fields are for evaluation only and never ingested. Unknown fields, empty questions, empty answer lists and
+duplicate ids are errors naming the file and line.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvi_engine.utils.jsonl import read_jsonl
 
-ALLOWED_FIELDS = ("id", "question", "answers", "hops", "support", "lang")
+ALLOWED_FIELDS = ("id", "question", "answers", "hops", "support", "supporting", "type", "lang", "context_doc_ids")
+EXTRA_FIELDS = ("pmid", "year", "long_answer", "answerable", "question_decomposition", "level", "evidences")
 
 
 class DatasetFormatError(ValueError):
@@ -25,12 +34,22 @@ class QAItem:
     hops: int | None = None
     support: tuple[tuple[str, str, str], ...] = ()
     lang: str = ""
+    supporting: tuple[tuple[str, str | None], ...] = ()   # (doc_id, sentence or None)
+    type: str = ""
+    context_doc_ids: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def group(self) -> str:
+        """The breakdown key: the question type, else "<hops>-hop", else "all"."""
+        return self.type or (f"{self.hops}-hop" if self.hops is not None else "all")
 
 
 def _item(obj: dict, where: str) -> QAItem:
-    unknown = set(obj) - set(ALLOWED_FIELDS)
+    unknown = set(obj) - set(ALLOWED_FIELDS) - set(EXTRA_FIELDS)
     if unknown:
-        raise DatasetFormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: {list(ALLOWED_FIELDS)}")
+        raise DatasetFormatError(f"{where}: unknown field(s) {sorted(unknown)}; allowed: "
+                                 f"{list(ALLOWED_FIELDS + EXTRA_FIELDS)}")
     qid = obj.get("id")
     if isinstance(qid, int) and not isinstance(qid, bool):
         qid = str(qid)
@@ -44,8 +63,14 @@ def _item(obj: dict, where: str) -> QAItem:
             or not all(isinstance(a, str) and a.strip() for a in answers)):
         raise DatasetFormatError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
     hops = obj.get("hops")
+    extra = {k: obj[k] for k in EXTRA_FIELDS if k in obj}
+    if isinstance(hops, list):
+        if not hops or not all(isinstance(h, dict) for h in hops):
+            raise DatasetFormatError(f"{where}: 'hops' as a list must hold one object per sub-question")
+        extra["hops"], hops = hops, len(hops)
     if hops is not None and (not isinstance(hops, int) or isinstance(hops, bool) or hops < 1):
-        raise DatasetFormatError(f"{where}: 'hops' must be a positive integer, got {hops!r}")
+        raise DatasetFormatError(f"{where}: 'hops' must be a positive integer or a list of sub-questions, "
+                                 f"got {hops!r}")
     support = obj.get("support", [])
     if not isinstance(support, list) or not all(
             isinstance(t, list) and len(t) == 3 and all(isinstance(x, str) for x in t) for t in support):
@@ -53,7 +78,22 @@ def _item(obj: dict, where: str) -> QAItem:
     lang = obj.get("lang", "")
     if not isinstance(lang, str):
         raise DatasetFormatError(f"{where}: 'lang' must be a string")
-    return QAItem(qid, q.strip(), tuple(answers), hops, tuple(tuple(t) for t in support), lang)
+    supporting = []
+    if not isinstance(obj.get("supporting", []), list):
+        raise DatasetFormatError(f"{where}: 'supporting' must be a list of {{doc_id, sentence}} objects")
+    for n, s in enumerate(obj.get("supporting", [])):
+        if not isinstance(s, dict) or set(s) - {"doc_id", "sentence"} or not isinstance(s.get("doc_id"), str) \
+                or not s["doc_id"] or not isinstance(s.get("sentence"), (str, type(None))):
+            raise DatasetFormatError(f"{where}: 'supporting'[{n}] must be {{\"doc_id\": str, \"sentence\": str | null}}")
+        supporting.append((s["doc_id"], s.get("sentence") or None))
+    qtype = obj.get("type", "")
+    if not isinstance(qtype, str):
+        raise DatasetFormatError(f"{where}: 'type' must be a string")
+    ctx = obj.get("context_doc_ids", [])
+    if not isinstance(ctx, list) or not all(isinstance(d, str) for d in ctx):
+        raise DatasetFormatError(f"{where}: 'context_doc_ids' must be a list of document ids")
+    return QAItem(qid, q.strip(), tuple(answers), hops, tuple(tuple(t) for t in support), lang, tuple(supporting),
+                  qtype, tuple(ctx), extra)
 
 
 def load_dataset(path: str | os.PathLike) -> list[QAItem]:

@@ -21,7 +21,7 @@ from kvi_engine.eval.stats import bootstrap_ci, paired_permutation_test
 from kvi_engine.utils.atomic import atomic_open
 from kvi_engine.utils.plotting import plot_or_skip, pyplot, save_png
 
-REPORT_VERSION = 1
+REPORT_VERSION = 2  # 2: "methods" is an object keyed by method name, with the support metrics
 
 
 @dataclass(slots=True)
@@ -41,9 +41,22 @@ class EvalReport:
     items: list[dict] = field(default_factory=list)  # id, question, answers, hops, method -> prediction + scores
     config: dict = field(default_factory=dict)
     version: int = REPORT_VERSION
+    support: dict = field(default_factory=dict)  # eval.support.support_report(...), when the dataset has gold
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """``{"methods": {name: {n, metrics, by_hops, inputs_sha256, support_recall, support_all, doc_recall,
+        support_by_type}}, ...}`` (support keys when the dataset has gold evidence)."""
+        d = asdict(self)
+        support = d.pop("support").get("methods", {})
+        methods = {}
+        for r in d.pop("methods"):
+            name = r.pop("method")
+            sup = dict(support.get(name, {}))
+            extra = {k: sup[k] for k in ("support_recall", "support_all", "doc_recall") if k in sup}
+            if sup:
+                extra["support_by_type"] = sup.get("by_type", {})
+            methods[name] = {**r, **extra}
+        return {**d, "methods": methods, "support_questions": self.support.get("questions", 0)}
 
 
 def _digest(texts: Sequence[str]) -> str:

@@ -5,6 +5,12 @@ Ids: entity ``e`` in ``[0, num_entities)``, relation ``r`` in ``[0, num_relation
 ``capsule_index(t)`` gives its position in that list (anchors included), ``anchor_capsule_index(e)`` the position
 of entity ``e``'s anchor (-1 if none). Inverse relations are edges of the in-adjacency, never duplicate triples.
 
+Literal objects (a capsule's ``literal`` type, or an object that is a plain number and names no given entity) are
+leaves: each such triple gets its own literal node (``is_literal``), never shared, never linked, so traversal can
+reach a value ("founded_in 1987") but never walk through it to everything else of 1987. Sentence capsules
+(``kind="sentence"``) add the mention adjacency (:mod:`kvi_engine.graph.mentions`): sentence <-> every entity it
+names.
+
 On disk (``<dir>/graph.kvig``) the graph is one container (:mod:`kvi_engine.formats.container`, kind
 ``kvi-graph``), memory-mapped on load. Loading checks the container (magic, versions, header checksum, every
 section's bounds, dtype, shape and, with ``verify``, crc32) and the graph invariants (ids in range, CSR a
@@ -13,21 +19,26 @@ permutation grouped by entity), so a damaged file raises :class:`FormatError` na
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from kvi_engine import dispatch
-from kvi_engine.capsules.capsule import Capsule, Entity
+from kvi_engine.capsules.capsule import SENTENCE_RELATION, Capsule, Entity
 from kvi_engine.formats.container import Container, FormatError, write_container
 from kvi_engine.formats.strings import StringTable
 from kvi_engine.graph import twin as graph_twin
+from kvi_engine.graph.mentions import ARRAYS as MENTION_ARRAYS
+from kvi_engine.graph.mentions import Mentions
 from kvi_engine.graph.traversal import Traversal
 
 DIRECTIONS = {"out": graph_twin.OUT, "in": graph_twin.IN, "both": graph_twin.BOTH}
-GRAPH_VERSION = 1
+GRAPH_VERSION = 2    # 2: entity kinds (literal leaves) and the mention adjacency; version 1 files still load
 GRAPH_FILE = "graph.kvig"
+ENTITY, LITERAL = 0, 1
+_NUMBER = re.compile(r"^-?\d[\d,.]*$")
 
 def _cpp_graph(*args):
     from kvi_engine import _core
@@ -52,6 +63,7 @@ dispatch.register("graph.build_csr", "reference", graph_twin.build_csr)
 _ARRAYS = {  # section -> dtype; every graph file holds exactly these
     "subj": "<i4", "rel": "<i4", "obj": "<i4", "sentence": "<i4", "triple_capsule": "<i8", "anchor_capsule": "<i8",
     "out_indptr": "<i8", "out_triples": "<i4", "in_indptr": "<i8", "in_triples": "<i4", "alias_indptr": "<i8",
+    "entity_kind": "|u1",
 }
 _TABLES = ("entity_names", "entity_types", "entity_descriptions", "aliases", "relations", "sentence_ids", "sentences")
 
@@ -82,6 +94,9 @@ class KnowledgeGraph:
         sent = arrays["sentence"]
         if t and (sent.min() < -1 or sent.max() >= len(tables["sentences"])):
             raise FormatError(f"{source}: a triple's sentence index is out of range")
+        if arrays["entity_kind"].shape[0] != n or (n and arrays["entity_kind"].max() > LITERAL):
+            raise FormatError(f"{source}: array 'entity_kind' must hold one kind (0 or 1) per entity")
+        self.mentions = Mentions.from_arrays(arrays, len(tables["sentences"]), n, source)
         self.backend, make = dispatch.select("graph", backend)
         try:
             self._core = make(arrays["subj"], arrays["rel"], arrays["obj"], arrays["out_indptr"],
@@ -97,10 +112,12 @@ class KnowledgeGraph:
     @classmethod
     def from_capsules(cls, capsules: Sequence[Capsule], entities: Sequence[Entity] | None = None, *,
                       backend: str | None = None) -> "KnowledgeGraph":
-        """Entities: those given (ids in order), then every other subject/object in order of first appearance.
-        A capsule names an entity by canonical name, or by an alias that only one entity has. Anchor capsules
-        (``kind="anchor"``) are not triples; they set the entity's anchor (and its type when it has none)."""
-        names, types, descs, aliases = [], [], [], []
+        """Entities: those given (ids in order), then every other subject/object (and sentence-capsule entity) in
+        order of first appearance. A capsule names an entity by canonical name, or by an alias that only one entity
+        has. Anchor capsules (``kind="anchor"``) are not triples; they set the entity's anchor (and its type when it
+        has none). Sentence capsules add their sentence and its mention edges. A literal object becomes a leaf of
+        its own (see the module docstring)."""
+        names, types, descs, aliases, kinds = [], [], [], [], []
         index: dict[str, int] = {}
         by_alias: dict[str, set[int]] = {}
 
@@ -109,6 +126,7 @@ class KnowledgeGraph:
                 raise ValueError(f"entity {e.name!r} given twice")
             index[e.name] = len(names)
             names.append(e.name), types.append(e.type), descs.append(e.description), aliases.append(e.aliases)
+            kinds.append(ENTITY)
             for a in e.aliases:
                 by_alias.setdefault(a, set()).add(index[e.name])
             return index[e.name]
@@ -119,11 +137,33 @@ class KnowledgeGraph:
             owners = by_alias.get(name, ())
             return next(iter(owners)) if len(owners) == 1 else add(Entity(name))
 
+        def literal(c: Capsule) -> int:
+            names.append(c.object), types.append(c.literal or "number"), descs.append(""), aliases.append(())
+            kinds.append(LITERAL)
+            return len(names) - 1
+
+        def sentence_index(ci: int, c: Capsule) -> int:
+            key = c.sentence_id if c.sentence_id is not None else c.sentence
+            if not key:
+                return -1
+            if key in sentences:
+                k = sentences[key]
+                if c.sentence and sentence_texts[k] and c.sentence != sentence_texts[k]:
+                    raise ValueError(f"capsule {ci}: sentence {key!r} has two different texts")
+                sentence_texts[k] = sentence_texts[k] or c.sentence
+                return k
+            sentences[key] = len(sentence_ids)
+            sentence_ids.append(c.sentence_id or ""), sentence_texts.append(c.sentence)
+            sentence_caps.append(-1)
+            return sentences[key]
+
         for e in entities or ():
             add(e)
+        given = set(index)
         relations: dict[str, int] = {}
         sentences: dict[str, int] = {}
-        sentence_ids, sentence_texts = [], []
+        sentence_ids, sentence_texts, sentence_caps = [], [], []
+        pairs: list[tuple[int, int]] = []
         subj, rel, obj, sent, triple_capsule, anchors = [], [], [], [], [], {}
         for ci, c in enumerate(capsules):
             if not isinstance(c, Capsule):
@@ -135,21 +175,19 @@ class KnowledgeGraph:
                 anchors[e] = ci
                 types[e] = types[e] or c.object
                 continue
-            subj.append(resolve(c.subject)), obj.append(resolve(c.object))
+            if c.kind == "sentence":
+                k = sentence_index(ci, c)
+                if sentence_caps[k] >= 0:
+                    raise ValueError(f"capsule {ci}: sentence {c.sentence_id!r} already has a sentence capsule "
+                                     f"(capsule {sentence_caps[k]})")
+                sentence_caps[k] = ci
+                pairs.extend((k, resolve(n)) for n in c.entities)
+                continue
+            subj.append(resolve(c.subject))
+            is_literal = c.literal or (_NUMBER.match(c.object) and c.object not in given)
+            obj.append(literal(c) if is_literal else resolve(c.object))
             rel.append(relations.setdefault(c.relation, len(relations)))
-            key = c.sentence_id if c.sentence_id is not None else c.sentence
-            if not key:
-                sent.append(-1)
-            elif key in sentences:
-                k = sentences[key]
-                if c.sentence and sentence_texts[k] and c.sentence != sentence_texts[k]:
-                    raise ValueError(f"capsule {ci}: sentence {key!r} has two different texts")
-                sentence_texts[k] = sentence_texts[k] or c.sentence
-                sent.append(k)
-            else:
-                sentences[key] = len(sentence_ids)
-                sentence_ids.append(c.sentence_id or ""), sentence_texts.append(c.sentence)
-                sent.append(sentences[key])
+            sent.append(sentence_index(ci, c))
             triple_capsule.append(ci)
         n = len(names)
         anchor = np.full(n, -1, dtype=np.int64)
@@ -157,22 +195,33 @@ class KnowledgeGraph:
             anchor[e] = ci
         arrays = {"subj": np.asarray(subj, np.int32), "rel": np.asarray(rel, np.int32), "obj": np.asarray(obj, np.int32),
                   "sentence": np.asarray(sent, np.int32), "triple_capsule": np.asarray(triple_capsule, np.int64),
-                  "anchor_capsule": anchor}
+                  "anchor_capsule": anchor, "entity_kind": np.asarray(kinds, np.uint8)}
         return cls.from_arrays(arrays, names=names, relations=list(relations), types=types, descriptions=descs,
-                               aliases=aliases, sentence_ids=sentence_ids, sentences=sentence_texts, backend=backend)
+                               aliases=aliases, sentence_ids=sentence_ids, sentences=sentence_texts,
+                               mentions=(pairs, sentence_caps), backend=backend)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], *, names: Sequence[str], relations: Sequence[str],
-                    types=None, descriptions=None, aliases=None, sentence_ids=(), sentences=(),
+                    types=None, descriptions=None, aliases=None, sentence_ids=(), sentences=(), mentions=None,
                     backend: str | None = None) -> "KnowledgeGraph":
         """Build from ``subj``/``rel``/``obj`` int32 arrays (and optional ``sentence``, ``triple_capsule``,
-        ``anchor_capsule``); the CSR adjacency is built here, by the C++ core when available."""
+        ``anchor_capsule``, ``entity_kind``); the CSR adjacency is built here, by the C++ core when available.
+        ``mentions``: ``(pairs, sentence_capsule)``, (sentence, entity) pairs and each sentence's capsule position."""
         n, t = len(names), arrays["subj"].shape[0]
         arrays = dict(arrays)
         arrays.setdefault("sentence", np.full(t, -1, np.int32))
         arrays.setdefault("triple_capsule", np.arange(t, dtype=np.int64))
         arrays.setdefault("anchor_capsule", np.full(n, -1, np.int64))
+        arrays.setdefault("entity_kind", np.zeros(n, np.uint8))
         _, build_csr = dispatch.select("graph.build_csr", backend)
+        if mentions is None:
+            m = Mentions.empty(len(sentences), n)
+        else:
+            pairs, caps = mentions
+            if len(caps) != len(sentences):
+                raise ValueError(f"mentions: {len(caps)} sentence capsule positions for {len(sentences)} sentences")
+            m = Mentions.build(pairs, caps, n, build_csr)
+        arrays.update(m.arrays())
         arrays["out_indptr"], arrays["out_triples"] = build_csr(arrays["subj"], n)
         arrays["in_indptr"], arrays["in_triples"] = build_csr(arrays["obj"], n)
         aliases = list(aliases) if aliases is not None else [()] * n
@@ -189,6 +238,7 @@ class KnowledgeGraph:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {k: self._a[k] for k in _ARRAYS}
+        arrays.update(self.mentions.arrays())
         for name in _TABLES:
             arrays[f"{name}.blob"], arrays[f"{name}.offsets"] = self._t[name].blob, self._t[name].offsets
         meta = {"num_entities": self.num_entities, "num_relations": self.num_relations, "num_triples": self.num_triples}
@@ -198,7 +248,7 @@ class KnowledgeGraph:
     def load(cls, directory: str | os.PathLike, *, backend: str | None = None, verify: bool = True) -> "KnowledgeGraph":
         """Memory-map ``<directory>/graph.kvig``; ``verify`` checks every section's crc32 (reads the file once)."""
         path = Path(directory) / GRAPH_FILE
-        c = Container(path, "kvi-graph", (GRAPH_VERSION,))
+        c = Container(path, "kvi-graph", (1, GRAPH_VERSION))
         if verify:
             c.verify()
         sections = {n: c.array(n) for n in c.sections}
@@ -209,7 +259,12 @@ class KnowledgeGraph:
                     blob.ndim != 1:
                 raise FormatError(f"{path}: string table {name!r} missing or mistyped")
             tables[name] = StringTable(blob, offsets, f"{path}: {name}")
-        g = cls({k: sections.get(k, np.empty(0, np.int8)) for k in _ARRAYS}, tables, backend=backend, source=str(path))
+        arrays = {k: sections.get(k, np.empty(0, np.int8)) for k in (*_ARRAYS, *MENTION_ARRAYS)}
+        if c.header.get("version") == 1:  # before literal leaves and mentions: no literals, no sentence capsules
+            n, n_sent = len(tables["entity_names"]), len(tables["sentences"])
+            arrays["entity_kind"] = np.zeros(n, np.uint8)
+            arrays.update(Mentions.empty(n_sent, n).arrays())
+        g = cls(arrays, tables, backend=backend, source=str(path))
         counts = {"num_entities": g.num_entities, "num_relations": g.num_relations, "num_triples": g.num_triples}
         if c.meta != counts:
             raise FormatError(f"{path}: header counts {c.meta} disagree with the arrays")
@@ -248,10 +303,24 @@ class KnowledgeGraph:
                 index.setdefault(a, []).append(i)
             owner = np.repeat(np.arange(self.num_entities), np.diff(self._a["alias_indptr"]))
             self._entity_index = {a: int(owner[ix[0]]) for a, ix in index.items() if len({owner[j] for j in ix}) == 1}
-            self._entity_index.update((n, i) for i, n in enumerate(self._t["entity_names"]))
+            kind = self._a["entity_kind"]
+            self._entity_index.update((n, i) for i, n in enumerate(self._t["entity_names"]) if kind[i] == ENTITY)
         if name not in self._entity_index:
             raise KeyError(f"unknown entity {name!r}")
         return self._entity_index[name]
+
+    def is_literal(self, entity_id: int) -> bool:
+        """Whether the node is a literal leaf (a value such as a year), not an entity."""
+        return bool(self._a["entity_kind"][entity_id] == LITERAL)
+
+    @property
+    def literal_mask(self) -> np.ndarray:
+        """bool [num_entities]: True for literal leaves."""
+        return self._a["entity_kind"] == LITERAL
+
+    @property
+    def num_sentences(self) -> int:
+        return len(self._t["sentences"])
 
     def entity_name(self, entity_id: int) -> str:
         return self._t["entity_names"][entity_id]
@@ -293,7 +362,17 @@ class KnowledgeGraph:
     def capsule(self, t: int) -> Capsule:
         s, r, o, k = self.triple(t)
         sid, text = self.sentence(k) if k >= 0 else (None, "")
-        return Capsule(self.entity_name(s), self._t["relations"][r], self.entity_name(o), sid or None, text)
+        literal = self._t["entity_types"][o] if self.is_literal(o) else ""
+        return Capsule(self.entity_name(s), self._t["relations"][r], self.entity_name(o), sid or None, text,
+                       literal=literal)
+
+    def sentence_capsule(self, k: int) -> Capsule:
+        """Sentence ``k`` as a sentence capsule (subject: its first entity, else its id; entities: its mentions)."""
+        sid, text = self.sentence(k)
+        names = tuple(self.entity_name(int(e)) for e in self.mentions.of_sentence(k))
+        label = sid or f"sentence {k}"
+        return Capsule(names[0] if names else label, SENTENCE_RELATION, label, sid or None, text, kind="sentence",
+                       entities=names)
 
     def capsule_index(self, triple_ids) -> np.ndarray:
         """Positions, in the capsule list the graph was built from, of these triples."""

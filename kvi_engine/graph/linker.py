@@ -94,8 +94,15 @@ class EntityLinker:
 
     @classmethod
     def from_graph(cls, graph, *, backend: str | None = None) -> "EntityLinker":
-        """Names and aliases of a :class:`kvi.KnowledgeGraph`'s entities, with the graph's entity ids."""
-        return cls.from_entities(graph.entities, backend=backend)
+        """Names and aliases of a :class:`kvi.KnowledgeGraph`'s entities, with the graph's entity ids (literal
+        leaves, such as years, are not names)."""
+        literal = graph.literal_mask
+        names, ids = [], []
+        for i, e in enumerate(graph.entities):
+            if not literal[i]:
+                for n in dict.fromkeys(e.names):
+                    names.append(n), ids.append(i)
+        return cls.build(names, np.asarray(ids, dtype=np.int64), backend=backend)
 
     def __len__(self) -> int:
         return self._core.num_names

@@ -6,11 +6,15 @@ Only documents are read. A QA dataset is never an input here, so no question -> 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
 from kvi_engine.capsules.capsule import Capsule, Entity, load_capsules, load_entities, save_capsules, save_entities
+from kvi_engine.capsules.statements import DEFAULT_TEMPLATES
+from kvi_engine.ingest.analysis import AnalysisOptions, Analyzer
+from kvi_engine.ingest.assemble import assemble
 from kvi_engine.ingest.documents import Document, load_documents
 from kvi_engine.ingest.entities import AliasTable, canonicalize_capsules, merge_entities
 from kvi_engine.ingest.llm import LLMExtractor, Rejection
@@ -25,6 +29,8 @@ class Assets:
     capsules: list[Capsule]
     entities: list[Entity]
     rejections: list[Rejection] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # documented fallbacks (e.g. a document with no sentences)
+    stats: dict = field(default_factory=dict)
 
 
 def build_assets(documents: Sequence[Document], entities: Sequence[Entity] = (),
@@ -70,9 +76,38 @@ def assemble_assets(parts: Sequence[AssetsPart], merged: Sequence[Entity]) -> As
              if n not in known and not n.replace(",", "").replace(".", "").isdigit()]
     if extra:
         merged, rename = merge_entities([*merged, *(Entity(n) for n in extra)])
-        capsules = [Capsule(rename.get(c.subject, c.subject), c.relation, rename.get(c.object, c.object),
-                            c.sentence_id, c.sentence, c.kind) for c in capsules]
+        capsules = [replace(c, subject=rename.get(c.subject, c.subject), object=rename.get(c.object, c.object))
+                    for c in capsules]
     return Assets(store, capsules, merged, rejections)
+
+
+# The relation templates that open ingestion runs besides the parse: all but the copula ones, which the parse reads
+# with their real arguments ("X (born 1976 in France) is a French businessman" is not "France is a French").
+OPEN_TEMPLATES = {r: t for r, t in DEFAULT_TEMPLATES.items() if r not in ("is_a", "instance_of")}
+
+
+def build_open_assets(documents: Sequence[Document], entities: Sequence[Entity] = (), *,
+                      options: AnalysisOptions | None = None, templates: bool = True,
+                      extractor: LLMExtractor | None = None, nlp=None, progress: bool = False) -> Assets:
+    """Open ingestion, no entity list needed: spaCy analysis of every document (sentences, NER, open triples), then
+    the corpus-wide assembly (titles, NER names and ``entities`` as entities; mentions; triples from the parse, the
+    relation templates when ``templates`` and ``extractor`` when given; one sentence capsule per sentence). A pure
+    function of its arguments: shards analysed apart (``Analyzer.analyse``) assemble to the same assets in document
+    order (``assemble``)."""
+    documents = list(documents)
+    if not documents:
+        raise ValueError("no documents to ingest")
+    t0 = time.perf_counter()
+    analyses = Analyzer(options, nlp).analyse(documents, progress=progress)
+    t1 = time.perf_counter()
+    merged, _ = merge_entities(entities)
+    rules = (lambda ents: RuleExtractor(ents, OPEN_TEMPLATES)) if templates else None
+    a = assemble(analyses, merged, rule_extractor=rules, llm_extractor=extractor)
+    if not a.sentences:
+        raise ValueError(f"no sentences in {len(documents)} document(s): nothing to ingest "
+                         f"({a.notes[0] if a.notes else 'every document is empty'})")
+    stats = {**a.stats, "analyse_s": round(t1 - t0, 3), "assemble_s": round(time.perf_counter() - t1, 3)}
+    return Assets(SentenceStore(a.sentences), a.capsules, a.entities, list(a.rejections), a.notes, stats)
 
 
 def save_assets(assets: Assets, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -97,16 +132,17 @@ def load_assets(directory) -> Assets:
                   load_entities(d / "entities.jsonl"))
 
 
-def assets_from_documents(docs, entities_path=None, capsules_path=None) -> Assets:
-    """Assets from documents only: the sentence store from ``docs``, capsules from ``capsules_path`` when given, else
-    extracted by the rule extractor over the entities. The QA dataset is not an argument, by design."""
+def assets_from_documents(docs, entities_path=None, capsules_path=None, progress: bool = False) -> Assets:
+    """Assets from documents only: the sentence store from ``docs``, capsules from ``capsules_path`` when given,
+    else extracted by the rule extractor over the entities, else (no entity list) by open ingestion
+    (:func:`build_open_assets`). The QA dataset is not an argument, by design."""
 
     documents = load_documents(*docs)
     entities = load_entities(entities_path) if entities_path else []
     if capsules_path:
         return Assets(sentence_store_from_documents(documents), load_capsules(capsules_path), entities)
     if not entities:
-        raise ValueError("rule-based extraction needs --entities (or pass ready-made --capsules)")
+        return build_open_assets(documents, progress=progress)
     assets = build_assets(documents, entities)
     if not assets.capsules:
         raise ValueError(f"no capsules were extracted from {', '.join(map(str, docs))}; check --entities")

@@ -1,4 +1,5 @@
-"""Document loading: .txt / .md / .pdf files (one document each, id = file stem) and .jsonl (one ``{id, text,
+"""Document loading: .txt / .md / .pdf files (one document each, id = file stem; title: a Markdown file's leading
+heading, else none) and .jsonl (one ``{id, text,
 title?}`` object per line), or a directory of them (sorted, recursive). Errors name the file and line (or page).
 PDF text comes from the optional, pure-Python ``pypdf`` (``pip install 'kvi-engine[pdf]'``); pages are joined by
 blank lines, so a sentence never spans two pages."""
@@ -72,17 +73,29 @@ def _pdf_document(path: Path) -> Document:
     return Document(doc_id, text, title or doc_id)
 
 
+def _markdown_title(text: str) -> str:
+    """The text of a Markdown file's first line when it is a heading ("# Oslo" -> "Oslo"), else no title: a file
+    name is not the name of the document's subject, so plain files give open ingestion no title entity."""
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    return first.lstrip("#").strip() if first.startswith("#") else ""
+
+
 def _file_documents(path: Path) -> list[Document]:
     if path.suffix == ".jsonl":
         return _jsonl_documents(path)
     if path.suffix == ".pdf":
         return [_pdf_document(path)]
     if path.suffix in (".txt", ".md"):
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DocumentFormatError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); convert it to UTF-8 "
+                                      f"first") from None
         if not text.strip():
             raise DocumentFormatError(f"{path}: empty document")
         doc_id = path.stem.replace(":", "_")
-        return [Document(doc_id, text, doc_id, markdown=path.suffix == ".md")]
+        md = path.suffix == ".md"
+        return [Document(doc_id, text, _markdown_title(text) if md else "", markdown=md)]
     raise DocumentFormatError(f"{path}: unsupported document type {path.suffix!r}; expected one of {DOCUMENT_SUFFIXES}")
 
 

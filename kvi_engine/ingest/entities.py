@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from dataclasses import replace
 from typing import Iterable
 
 from kvi_engine.capsules.capsule import Capsule, Entity
@@ -124,5 +125,5 @@ def canonicalize_capsules(capsules: Iterable[Capsule], table: AliasTable) -> lis
         if (s, c.relation, o) in seen:
             continue
         seen.add((s, c.relation, o))
-        out.append(Capsule(s, c.relation, o, c.sentence_id, c.sentence, c.kind))
+        out.append(replace(c, subject=s, object=o))
     return out

@@ -82,7 +82,7 @@ class QueryPipeline:
             return GraphRetrieval(self.retriever, k.bank_id)
         if kind == "flat":
             return FlatRetrieval(k.capsules, self.capsule_tokens, self.retriever.scorer, self.retriever.intents,
-                                 self.encoder, self.config, k.bank_id)
+                                 self.encoder, self.config, k.bank_id, graph=k.graph)
         raise ValueError(f"unknown retrieval {kind!r}; expected one of {RETRIEVALS}")
 
     def retrieve(self, kind: str, questions: Sequence[str]) -> list[Found]:
@@ -139,7 +139,7 @@ class QueryPipeline:
                       [{"id": h.id, "text": h.text, "score": round(h.score, 4)} for h in f.passages], list(evidence),
                       list(kv), m.kv if m.kv != "none" else "", injected, f.fallback, raw,
                       [{"sentence": j.sentence, "support": round(j.support, 3), "reason": j.reason}
-                       for j in g.dropped], g.checked)
+                       for j in g.dropped], g.checked, list(f.reached) if (evidence or kv) else [])
         return Answer(f.question, g.text, trace)
 
     def compare(self, questions: Sequence[str], methods: Sequence[str | Method] = tuple(METHODS), *,

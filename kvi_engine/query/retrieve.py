@@ -11,7 +11,7 @@ Each returns one :class:`Found` per question: what reaches the model, in which c
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from kvi_engine.retrieval import (
@@ -25,6 +25,7 @@ from kvi_engine.retrieval import (
     ScoredCapsule,
     select_capsules,
 )
+from kvi_engine.retrieval.hybrid import HybridRetriever
 
 RETRIEVALS = ("none", "dense", "graph", "flat")
 
@@ -43,12 +44,14 @@ class Found:
     sentence_ids: list[int] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)
     fallback: str | None = None
+    reached: list[str] = field(default_factory=list)  # sentence ids that reach the model, in either channel
 
 
 def _found(r: Retrieval, bank_id: Callable[[int], int]) -> Found:
     intent = r.intent.intents if r.intent is not None else ()
+    reached = list(dict.fromkeys(sc.capsule.sentence_id for sc in r.selection.capsules if sc.capsule.sentence_id))
     return Found(r.question, list(r.entities), tuple(intent), list(r.selection.capsules), len(r.ranked),
-                 [bank_id(i) for i in r.capsule_ids], evidence=r.evidence, fallback=r.fallback)
+                 [bank_id(i) for i in r.capsule_ids], evidence=r.evidence, fallback=r.fallback, reached=reached)
 
 
 class NoRetrieval:
@@ -57,23 +60,27 @@ class NoRetrieval:
 
 
 class DenseRetrieval:
-    """Top-k sentences by embedding similarity, taken in rank order while they fit the token budget."""
+    """Sentences by embedding similarity, taken in rank order while they fit the token budget, until ``top_k``
+    (from the ``pool`` x top_k nearest, so a long sentence that does not fit leaves its slot to the next one)."""
 
-    def __init__(self, index: DenseIndex, sentence_tokens: Sequence[int], config: RetrievalConfig):
-        self.index, self.tokens, self.config = index, sentence_tokens, config
+    def __init__(self, index: DenseIndex, sentence_tokens: Sequence[int], config: RetrievalConfig, pool: int = 8):
+        self.index, self.tokens, self.config, self.pool = index, sentence_tokens, config, pool
         self.position = {sid: i for i, sid in enumerate(index.ids)}
 
     def retrieve(self, questions: Sequence[str]) -> list[Found]:
         cfg, out = self.config, []
-        for q, hits in zip(questions, self.index.search(list(questions), max(cfg.top_k, 1))):
+        for q, hits in zip(questions, self.index.search(list(questions), max(cfg.top_k * self.pool, 1))):
             found, used = Found(q), 0
-            for h in hits[:cfg.top_k]:
+            for h in hits:
+                if len(found.passages) >= cfg.top_k:
+                    break
                 sid = self.position[h.id]
                 if used + self.tokens[sid] <= cfg.budget_tokens:
                     found.passages.append(h)
                     found.sentence_ids.append(sid)
                     used += self.tokens[sid]
             found.evidence = [h.text for h in found.passages]
+            found.reached = [h.id for h in found.passages]
             found.candidates = len(hits)
             out.append(found)
         return out
@@ -93,9 +100,16 @@ class FlatRetrieval:
     capsules' entities, looked up by name in the capsule list."""
 
     def __init__(self, capsules, capsule_tokens: Sequence[int], scorer: DRMScorer, intents: IntentClassifier,
-                 encoder, config: RetrievalConfig, bank_id: Callable[[int], int]):
+                 encoder, config: RetrievalConfig, bank_id: Callable[[int], int], graph=None):
         self.capsules, self.tokens, self.scorer, self.intents = capsules, capsule_tokens, scorer, intents
         self.config, self.bank_id = config, bank_id
+        self.hybrid = None
+        if graph is not None and graph.mentions.num_sentence_capsules > 0:
+            # knowledge from open ingestion: the hybrid without its graph (dense + lexical, same budget and minimum)
+            self.hybrid = HybridRetriever(graph, encoder, capsule_tokens=capsule_tokens,
+                                          config=replace(config.hybrid, use_graph=False), top_k=config.top_k,
+                                          budget_tokens=config.budget_tokens, max_anchors=config.max_anchors)
+            return
         self.positions = [p for p, c in enumerate(capsules) if c.kind == "triple"]
         if not self.positions:
             raise ValueError("the knowledge holds no triple capsules to rank")
@@ -105,6 +119,9 @@ class FlatRetrieval:
 
     def retrieve(self, questions: Sequence[str]) -> list[Found]:
         cfg, questions = self.config, list(questions)
+        if self.hybrid is not None:
+            return [_found(Retrieval(r.question, [], None, r.ranked, r.selection, [], r.fallback), self.bank_id)
+                    for r in self.hybrid.retrieve(questions)]
         k = min(len(self.positions), cfg.max_candidates or len(self.positions))
         intents = self.intents.classify(questions)
         cands = [[self.positions[int(h.id)] for h in hits] for hits in self.index.search(questions, k)]

@@ -20,6 +20,7 @@ class Trace:
     raw: str = ""  # model output before post-processing and grounding
     dropped: list[dict] = field(default_factory=list)  # grounding: sentence, support, reason
     grounded: bool = False  # False: no evidence to check against (text unchanged)
+    reached: list[str] = field(default_factory=list)  # sentence ids that reached the model (text or KV provenance)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,13 @@
 """Capsule retrieval for a batch of questions: entity linking -> intent -> multi-hop traversal -> DRM scoring ->
 top-k capsules within a token budget + entity anchors. Returns everything a trace needs.
 
+Knowledge built by open ingestion holds sentence capsules; there the graph + dense hybrid
+(:class:`~kvi_engine.retrieval.hybrid.HybridRetriever`: linked entities -> personalised PageRank over the mention
+graph, united with dense top-k, fused scores, a minimum score, paragraph spread) chooses the capsules and returns
+the same :class:`Retrieval`. Triple-only knowledge (e.g. the sample corpus, extracted over a given entity list)
+goes through the traversal: when pruning by the question's intent leaves no candidate, the traversal is redone over
+every relation (``fallback`` says so). Anchors whose statement says nothing ("X is an entity.") are never injected.
+
 Capsule indices are positions in the capsule list the ``KnowledgeGraph`` was built from (``graph.capsule_index``),
 which are the bank's capsule ids when the bank was compiled from the same list. A question with no linked entity gets
 no capsules and ``fallback`` says why (the engine then generates without knowledge).
@@ -10,11 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from kvi_engine.capsules.statements import render_statement
+from kvi_engine.capsules.statements import has_content, render_statement
 from kvi_engine.retrieval.drm import DRMScorer, ScoredCapsule, Selection, select_capsules
+from kvi_engine.retrieval.hybrid import HybridConfig, HybridRetriever
 from kvi_engine.retrieval.intent import IntentClassifier, IntentMatch
 
 NO_ENTITY = "no linked entity: plain generation"
+INTENT_FALLBACK = "intent pruning left no candidate: traversed every relation"
 
 
 @dataclass(slots=True)
@@ -27,6 +36,8 @@ class RetrievalConfig:
     fanout: int | None = None
     max_candidates: int | None = 512
     prune_by_intent: bool = True  # traverse only the intent's relations when it has any (else: all relations)
+    min_score: float = 0.0        # triple path: capsules scoring below are never selected
+    hybrid: HybridConfig = field(default_factory=HybridConfig)   # knowledge with sentence capsules
 
     def __post_init__(self):
         if self.max_hops < 1 or self.top_k < 0 or self.budget_tokens < 0 or self.max_anchors < 0:
@@ -66,6 +77,17 @@ class CapsuleRetriever:
         self.intents = intents or IntentClassifier(encoder=self.scorer.encoder)
         self.config = config or RetrievalConfig()
         self.capsule_tokens = capsule_tokens
+        self._hybrid: HybridRetriever | None = None
+
+    @property
+    def hybrid(self) -> HybridRetriever | None:
+        """The hybrid retriever when the graph holds sentence capsules (built on first use: it embeds them)."""
+        if self._hybrid is None and self.graph.mentions.num_sentence_capsules > 0:
+            cfg = self.config
+            self._hybrid = HybridRetriever(self.graph, self.scorer.encoder, capsule_tokens=self.capsule_tokens,
+                                           config=cfg.hybrid, top_k=cfg.top_k, budget_tokens=cfg.budget_tokens,
+                                           max_anchors=cfg.max_anchors)
+        return self._hybrid
 
     def _tokens(self, sc: ScoredCapsule) -> int:
         if self.capsule_tokens is not None:
@@ -77,6 +99,9 @@ class CapsuleRetriever:
             if not isinstance(q, str) or not q.strip():
                 raise ValueError(f"question #{i} is empty")
         cfg, g = self.config, self.graph
+        if self.hybrid is not None:
+            return [Retrieval(r.question, [g.entity_name(x.entity) for x in r.linked], None, r.ranked, r.selection,
+                              r.anchor_ids, r.fallback) for r in self.hybrid.retrieve(questions)]
         mentions = self.linker.link(list(questions))
         seeds = [list(dict.fromkeys(e for m in ms for e, _ in m.candidates)) for ms in mentions]
         intents = self.intents.classify(questions)
@@ -89,7 +114,11 @@ class CapsuleRetriever:
         traversals = []
         for i in todo:  # relation pruning differs per question, so traverse_batch is used per intent group
             rels = intents[i].relations if cfg.prune_by_intent else None
-            traversals.append(g.traverse(seeds[i], cfg.max_hops, rels, cfg.direction, cfg.fanout, cfg.max_candidates))
+            tr = g.traverse(seeds[i], cfg.max_hops, rels, cfg.direction, cfg.fanout, cfg.max_candidates)
+            if rels is not None and not len(tr):
+                tr = g.traverse(seeds[i], cfg.max_hops, None, cfg.direction, cfg.fanout, cfg.max_candidates)
+                out[i].fallback = INTENT_FALLBACK
+            traversals.append(tr)
         cands = [[g.capsule(int(t)) for t in tr.triple_ids] for tr in traversals]
         ranked = self.scorer.score([questions[i] for i in todo], cands,
                                    hops=[tr.hops.tolist() for tr in traversals],
@@ -102,7 +131,7 @@ class CapsuleRetriever:
             lengths = {n: (int(self.capsule_tokens[a]) if self.capsule_tokens is not None else len(n.split()) + 4)
                        for n, a in anchors.items()}
             res.selection = select_capsules(r, self._tokens, cfg.budget_tokens, cfg.top_k, res.entities,
-                                            cfg.max_anchors, lengths)
+                                            cfg.max_anchors, lengths, min_score=cfg.min_score)
             res.anchor_ids = [anchors[n] for n in res.selection.anchors]
             if not r:
                 res.fallback = "linked entities have no facts within reach"
@@ -120,4 +149,4 @@ class CapsuleRetriever:
                     pass
         ids = list(ids)
         idx = g.anchor_capsule_index(ids).tolist() if ids else []
-        return {g.entity_name(e): a for e, a in zip(ids, idx) if a >= 0}
+        return {g.entity_name(e): a for e, a in zip(ids, idx) if a >= 0 and has_content(g.entity(e))}

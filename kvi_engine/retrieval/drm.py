@@ -47,6 +47,7 @@ class ScoredCapsule:
     embedding: float
     hop: int = 1
     index: int = -1  # position in the caller's candidate list (e.g. the bank capsule id)
+    graph: float = 0.0  # graph proximity (hybrid retrieval: scaled personalised PageRank), 0 when unused
 
 
 def lexical_overlap(question: str, statement: str) -> float:
@@ -137,24 +138,56 @@ class Selection:
 
 def select_capsules(ranked: Sequence[ScoredCapsule], token_count: Callable[[ScoredCapsule], int],
                     budget_tokens: int, top_k: int, seed_entities: Sequence[str] = (), max_anchors: int = 4,
-                    anchor_tokens: Mapping[str, int] | None = None, min_score: float = 0.0) -> Selection:
+                    anchor_tokens: Mapping[str, int] | None = None, min_score: float = 0.0,
+                    group_of: Callable[[ScoredCapsule], str] | None = None,
+                    group_penalty: float = 0.0) -> Selection:
     """Greedy in rank order: take a capsule if it fits the remaining budget (a capsule that does not fit is skipped,
-    smaller ones after it may still fit), up to ``top_k``. Then entity anchors, at most ``max_anchors``: first the
-    question's linked entities, then the entities of the chosen capsules in rank order, as long as they fit.
-    ``anchor_tokens`` maps entity name -> anchor length; names missing from it have no anchor (e.g. a year).
-    With ``anchor_tokens=None`` anchors are not budgeted and every name qualifies."""
-    if budget_tokens < 0 or top_k < 0 or max_anchors < 0:
-        raise ValueError("budget_tokens, top_k and max_anchors must be >= 0")
+    smaller ones after it may still fit), up to ``top_k``; capsules scoring below ``min_score`` are never taken, so
+    a question about nothing in the knowledge gets fewer (or no) capsules. With ``group_penalty`` > 0, each step takes
+    the best capsule after subtracting ``group_penalty`` per capsule already taken from its group (``group_of``:
+    e.g. its paragraph), spreading the budget over paragraphs without a hard cap; ties go to the earlier-ranked one.
+    Then entity anchors, at most ``max_anchors``: first the question's linked entities, then the entities of the
+    chosen capsules in rank order, as long as they fit. ``anchor_tokens`` maps entity name -> anchor length; names
+    missing from it have no anchor (e.g. a year, or an entity whose anchor says nothing). With
+    ``anchor_tokens=None`` anchors are not budgeted and every name qualifies."""
+    if budget_tokens < 0 or top_k < 0 or max_anchors < 0 or group_penalty < 0:
+        raise ValueError("budget_tokens, top_k, max_anchors and group_penalty must be >= 0")
     sel = Selection()
-    for sc in ranked:
-        if len(sel.capsules) >= top_k:
-            break
-        if sc.score < min_score:
+    if group_penalty > 0 and group_of is not None:
+        _select_spread(sel, ranked, token_count, budget_tokens, top_k, min_score, group_of, group_penalty)
+    else:
+        for sc in ranked:
+            if len(sel.capsules) >= top_k:
+                break
+            if sc.score < min_score:
+                continue
+            n = token_count(sc)
+            if sel.tokens + n <= budget_tokens:
+                sel.capsules.append(sc)
+                sel.tokens += n
+    _select_anchors(sel, seed_entities, max_anchors, anchor_tokens, budget_tokens)
+    return sel
+
+
+def _select_spread(sel: Selection, ranked, token_count, budget_tokens, top_k, min_score, group_of, penalty) -> None:
+    alive = [sc for sc in ranked if sc.score >= min_score]
+    groups = [group_of(sc) for sc in alive]
+    taken: dict[str, int] = {}
+    left = list(range(len(alive)))
+    while left and len(sel.capsules) < top_k:
+        best = max(left, key=lambda i: (alive[i].score - penalty * taken.get(groups[i], 0), -i))
+        left.remove(best)
+        if alive[best].score - penalty * taken.get(groups[best], 0) < min_score:
             continue
-        n = token_count(sc)
-        if sel.tokens + n <= budget_tokens:
-            sel.capsules.append(sc)
-            sel.tokens += n
+        n = token_count(alive[best])
+        if sel.tokens + n > budget_tokens:
+            continue
+        sel.capsules.append(alive[best])
+        sel.tokens += n
+        taken[groups[best]] = taken.get(groups[best], 0) + 1
+
+
+def _select_anchors(sel: Selection, seed_entities, max_anchors, anchor_tokens, budget_tokens) -> None:
     wanted = list(dict.fromkeys([*seed_entities, *(x for sc in sel.capsules
                                                      for x in (sc.capsule.subject, sc.capsule.object))]))
     for name in wanted:
@@ -167,4 +200,3 @@ def select_capsules(ranked: Sequence[ScoredCapsule], token_count: Callable[[Scor
         if n is not None and sel.tokens + n <= budget_tokens:
             sel.anchors.append(name)
             sel.tokens += n
-    return sel

