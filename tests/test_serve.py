@@ -21,8 +21,10 @@ pytest.importorskip("uvicorn")
 
 from kvi_engine.capsules.capsule import Capsule  # noqa: E402
 from kvi_engine.compile.compiler import add_capsules, compile_bank  # noqa: E402
-from kvi_engine.generate.engine import encode_prompt  # noqa: E402
+from kvi_engine.generate.engine import KVIEngine, encode_prompt  # noqa: E402
 from kvi_engine.generate.inject import inject  # noqa: E402
+from kvi_engine.query.pipeline import QueryPipeline  # noqa: E402
+from kvi_engine.retrieval.encoder import default_encoder  # noqa: E402
 from kvi_engine.serve.server import background, make_state  # noqa: E402
 from kvi_engine.testing.helpers import CAPSULES, ENTITIES, model, tokenizer  # noqa: E402
 
@@ -41,7 +43,7 @@ def setup(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(setup):
     m, tok, bank = setup
-    state = make_state(copy.deepcopy(m), tok, bank, max_batch=16)
+    state = make_state(copy.deepcopy(m), tok, bank, max_batch=16, entities=ENTITIES, encoder=default_encoder())
     with background(state) as url, httpx.Client(base_url=url, timeout=120) as client:
         yield client, state
 
@@ -356,3 +358,84 @@ def test_kvi_serve_cli_drains_on_sigterm(setup, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+QUESTION = "Which disease does SFTSV cause?"
+
+
+def pipeline_answer(setup, method="KVI", max_tokens=12):
+    m, tok, bank = setup
+    pipe = QueryPipeline.from_engine(KVIEngine(m, tok, bank), ENTITIES, encoder=default_encoder())
+    return pipe.answer([QUESTION], method, max_new_tokens=max_tokens)[0]
+
+
+@pytest.mark.parametrize("method", ["KVI", "GraphRAG"])
+def test_answer_runs_the_pipeline_like_kvi_ask(server, setup, method):
+    client, _ = server
+    want = pipeline_answer(setup, method)
+    r = client.post("/v1/answer", json={"question": QUESTION, "method": method, "max_tokens": 12})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["answer"] == want.text and got["trace"]["raw"] == want.trace.raw
+    assert got["trace"]["injected"] == want.trace.injected and got["entities"] == want.trace.entities
+    assert "SFTSV" in got["entities"] and got["evidence"] == want.trace.evidence
+    assert [t["capsule_id"] for t in got["triples"]] == [t["capsule_id"] for t in want.trace.triples]
+    if method == "KVI":
+        assert got["capsules"] and [c["capsule_id"] for c in got["attribution"]["capsules"]] == want.trace.injected
+    else:
+        assert got["capsules"] == [] and "attribution" not in got
+    with client.stream("POST", "/v1/answer", json={"question": QUESTION, "method": method, "max_tokens": 12,
+                                                   "stream": True}) as s:
+        events = sse(s.iter_lines())
+    assert events[0]["event"] == "retrieval" and events[-1] == "[DONE]" and events[-2]["event"] == "answer"
+    assert events[-2]["answer"] == want.text
+    assert "".join(e["text"] for e in events if isinstance(e, dict) and e.get("event") == "delta") == want.trace.raw
+    r = client.post("/v1/answer", json={"question": QUESTION, "method": "RAG"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "method"
+
+
+def test_retrieve_extension_on_completions(server, setup):
+    client, _ = server
+    want = pipeline_answer(setup)
+    r = client.post("/v1/completions", json={"prompt": QUESTION, "max_tokens": 4, "kvi": {"retrieve": True}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["kvi"]["capsule_ids"] == want.trace.injected
+    assert body["kvi"]["trace"]["entities"] == want.trace.entities
+
+
+def test_web_page_in_headless_chromium(server, setup, tmp_path):
+    """The page at / in a real headless Chromium (Debian's, driven by Playwright): ask, watch it stream, see the
+    entities, graph path, capsules with attribution bars and evidence."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    chromium = next((p for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if os.path.exists(p)), None)
+    if chromium is None:
+        pytest.skip("no system Chromium (apt-get install chromium)")
+    client, _ = server
+    want = pipeline_answer(setup, max_tokens=16)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(str(client.base_url) + "/")
+            page.wait_for_function("document.getElementById('bank').textContent.includes('generation')")
+            page.fill("#question", QUESTION)
+            page.fill("#max_tokens", "16")
+            page.click("#go")
+            page.wait_for_selector("body[data-done='1']", timeout=60_000)
+            shown = page.inner_text("#answer")
+            assert shown == (want.text or "(nothing grounded)")
+            assert "SFTSV" in page.inner_text("#entities")
+            rows = page.query_selector_all("#capsules tbody tr")
+            assert [int(r.get_attribute("data-capsule")) for r in rows] == want.trace.injected
+            widths = [float(f.evaluate("e => e.getBoundingClientRect().width"))
+                      for f in page.query_selector_all("#capsules .fill")]
+            assert len(widths) == len(rows) and max(widths) > 0  # one bar per capsule, the largest drawn full
+            assert page.query_selector_all("#evidence li") and page.query_selector_all("#path li")
+            page.screenshot(path=str(tmp_path / "serve_page.png"), full_page=True)
+            assert (tmp_path / "serve_page.png").stat().st_size > 10_000
+            assert not errors, errors
+        finally:
+            browser.close()
