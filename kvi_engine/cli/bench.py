@@ -15,6 +15,7 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "bank-scale": ("bank_scale", "a 1M-capsule bank: open, fetch, resident memory, updates"),
     "bank-accuracy": ("bank_accuracy", "quantised banks vs fp16 on the test model families"),
     "kpr": ("kpr", "KPR end to end: build, train, knowledge update, recall@k"),
+    "serve": ("serve", "kvi serve under 1..64 concurrent clients: batched vs one-at-a-time (needs the serve extra)"),
 }
 
 
