@@ -75,3 +75,5 @@ def test_serve_without_the_serve_extra(monkeypatch, capsys, module):
     hide(monkeypatch, module)
     assert main(["serve", "--bank", "/nonexistent/never-read", "--model", "/nonexistent/model"]) == 2
     one_error_line(capsys, f"kvi serve needs {module}: pip install 'kvi-engine[serve]'")
+    assert main(["bench", "serve", "--out", "/nonexistent/never-written"]) == 2
+    one_error_line(capsys, f"kvi bench serve needs {module}: pip install 'kvi-engine[serve]'")

@@ -49,6 +49,8 @@ class ServeRow:
     latency_p50_ms: float
     latency_p99_ms: float
     mean_batch: float    # rows per decode step, from the server's metrics
+    server_ttft_p50_ms: float  # submission to first token inside the server (no HTTP, no client)
+    server_ttft_p99_ms: float
     speedup_rps: float = float("nan")   # batched / serial requests/s at the same client count
     ttft_p99_vs_single: float = float("nan")  # p99 TTFT over the single-client p50 TTFT of the same server
 
@@ -60,14 +62,14 @@ def _pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
-async def _one(client, body) -> tuple[bool, float | None, float, int]:
+async def _one(client, body) -> tuple[bool, float | None, float, int, float | None]:
     t0 = time.perf_counter()
-    ttft, done, tokens = None, False, 0
+    ttft, done, tokens, server_ttft = None, False, 0, None
     try:
         async with client.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
                 await r.aread()
-                return False, None, time.perf_counter() - t0, 0
+                return False, None, time.perf_counter() - t0, 0, None
             async for line in r.aiter_lines():
                 if not line.startswith("data: "):
                     continue
@@ -75,21 +77,23 @@ async def _one(client, body) -> tuple[bool, float | None, float, int]:
                     done = True
                     break
                 ev = json.loads(line[6:])
-                if ttft is None and ev.get("choices") and ev["choices"][0].get("text"):
+                if ttft is None and ev.get("choices") and ev["choices"][0].get("finish_reason") is None:
+                    # the server streams one chunk per token (text may be held back): the first is the first token
                     ttft = time.perf_counter() - t0
                 if "usage" in ev:
                     tokens = ev["usage"]["completion_tokens"]
+                    server_ttft = (ev.get("kvi") or {}).get("ttft_ms")
                     if ttft is None:
                         ttft = time.perf_counter() - t0
     except Exception:  # noqa: BLE001 -- a broken connection is a failed request, counted
-        return False, None, time.perf_counter() - t0, 0
-    return done, ttft, time.perf_counter() - t0, tokens
+        return False, None, time.perf_counter() - t0, 0, None
+    return done, ttft, time.perf_counter() - t0, tokens, server_ttft
 
 
 async def _load(url: str, clients: int, total: int, seconds: float, make_body) -> dict:
     httpx = require("httpx", "serve", "kvi bench serve")
     limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
-    out = {"ok": 0, "failed": 0, "ttft": [], "latency": [], "tokens": 0}
+    out = {"ok": 0, "failed": 0, "ttft": [], "latency": [], "tokens": 0, "server_ttft": []}
     issued = 0
     t_end = time.perf_counter() + seconds
     async with httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(600.0), limits=limits) as client:
@@ -97,13 +101,15 @@ async def _load(url: str, clients: int, total: int, seconds: float, make_body) -
             nonlocal issued
             while issued < total and time.perf_counter() < t_end:
                 issued += 1
-                ok, ttft, latency, tokens = await _one(client, make_body())
+                ok, ttft, latency, tokens, server_ttft = await _one(client, make_body())
                 if ok:
                     out["ok"] += 1
                     out["latency"].append(latency)
                     out["tokens"] += tokens
                     if ttft is not None:
                         out["ttft"].append(ttft)
+                    if server_ttft is not None:
+                        out["server_ttft"].append(server_ttft / 1e3)
                 else:
                     out["failed"] += 1
         t0 = time.perf_counter()
@@ -141,7 +147,8 @@ def run_cell(model, tok, bank, server: str, clients: int, args, seed: int) -> Se
     return ServeRow(server, clients, n + r["failed"], r["failed"], round(r["seconds"], 3),
                     n / r["seconds"], r["tokens"] / r["seconds"],
                     1e3 * _pct(r["ttft"], 0.5), 1e3 * _pct(r["ttft"], 0.99),
-                    1e3 * _pct(r["latency"], 0.5), 1e3 * _pct(r["latency"], 0.99), round(mean_batch, 2))
+                    1e3 * _pct(r["latency"], 0.5), 1e3 * _pct(r["latency"], 0.99), round(mean_batch, 2),
+                    1e3 * _pct(r["server_ttft"], 0.5), 1e3 * _pct(r["server_ttft"], 0.99))
 
 
 def plot(rows: list[ServeRow], path: str) -> None:

@@ -234,7 +234,9 @@ class Scheduler:
         delta, stopped = advance_text(self.tokenizer, c, r.params.stop, final=finish is not None)
         if stopped:
             finish = "stop"
-        if delta:
+        if delta or (finish is None and not stopped):
+            # one chunk per generated token, even while its text is held back (an incomplete UTF-8 character, a
+            # possible stop sequence): a streaming client sees every token arrive (client-side TTFT)
             r.emit(("delta", c.index, delta))
         if finish is None:
             return True
