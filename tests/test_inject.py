@@ -161,9 +161,11 @@ def test_generate_beams_and_return_sequences_expand_the_plan(kw, tmp_path):
                 assert (ranks < 4).all(), ranks
         else:
             assert got[r * per:(r + 1) * per].tolist() == want[:, len(full):].tolist()
-    with inject(m, bank, caps):  # outside generate(), a batch the plan does not cover is still an error
+    with inject(m, bank, caps), torch.no_grad():  # outside generate(), a batch the plan does not cover is an error
+        m.generate(input_ids=torch.tensor([prompt] * 2), attention_mask=torch.ones(2, len(prompt)), **opts)
         with pytest.raises(ValueError, match="batch of 4 rows but the injection plan has 2 rows"):
             m(input_ids=torch.tensor([prompt] * 4))
+    assert "generate" not in m.__dict__ and "_expand_inputs_for_generation" not in m.__dict__
 
 
 def test_layer_ranges_mask_instead_of_zero_fill(tmp_path):

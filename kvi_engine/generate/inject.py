@@ -141,6 +141,16 @@ def _expansion_recorder(state: Injection, expand):
     return recorder
 
 
+def _generate_scope(state: Injection, generate):
+    # the expansion holds for one generate() call: afterwards a forward over more rows than the plan is an error again
+    def scoped(*args, **kwargs):
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            state.times = 1
+    return scoped
+
+
 @contextlib.contextmanager
 def inject(model, bank: KVBank, capsule_ids: Sequence[Sequence[int]], *, layout: str = "stacked",
            layers: Iterable[int] | tuple[int, int] | None = None,
@@ -185,10 +195,12 @@ def attach(model, plan: InjectionPlan, *, backend: str | None = None, on_query=N
         limit = getattr(model.config, "max_position_embeddings", None)
         hook = decoder.register_forward_pre_hook(_position_hook(state, limit), with_kwargs=True)
         model._expand_inputs_for_generation = _expansion_recorder(state, model._expand_inputs_for_generation)
+        model.generate = _generate_scope(state, model.generate)
         old = set_attn_implementation(model, IMPL)
         yield state
     finally:
         model.__dict__.pop("_expand_inputs_for_generation", None)
+        model.__dict__.pop("generate", None)
         if hook is not None:
             hook.remove()
         if old is not None:
