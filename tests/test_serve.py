@@ -116,6 +116,28 @@ def test_concurrent_requests_batch_and_each_equals_its_own_injection(server, set
     assert steps > 0 and rows / steps > 1.5, f"decode steps averaged {rows / steps:.2f} rows: nothing was batched"
 
 
+
+def test_requests_joining_a_running_batch_equal_their_own_injection(server, setup):
+    """Continuous batching: B and C (n=2) join while A is mid-decode (their prefilled caches are left-padded into
+    the running one, or it into theirs), finish first, and every row still equals its own injection."""
+    client, state = server
+    m, tok, bank = setup
+    a_prompt, b_prompt = "A long question about Oslo, Norway, and the tick-borne SFTSV virus?", "Oslo?"
+    with cf.ThreadPoolExecutor(3) as ex:
+        fa = ex.submit(complete, client, a_prompt, [1, 4], max_tokens=40)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(len(r.choice.tokens) >= 3 for r in state.scheduler.batch.rows):
+            time.sleep(0.002)
+        fb = ex.submit(complete, client, b_prompt, [], max_tokens=6)
+        fc = ex.submit(complete, client, "Who treats SFTS with favipiravir", [3, 0, 2], max_tokens=5, n=2)
+        b, c = fb.result(), fc.result()
+        assert not fa.done(), "A finished before B and C: nothing joined a running batch"
+        a = fa.result()
+    assert a["kvi"]["token_ids"][0] == reference(m, tok, bank, a_prompt, [1, 4], 40)
+    assert b["kvi"]["token_ids"][0] == reference(m, tok, bank, b_prompt, [], 6)
+    assert c["kvi"]["token_ids"] == [reference(m, tok, bank, "Who treats SFTS with favipiravir", [3, 0, 2], 5)] * 2
+
+
 def test_streaming_completion_and_chat(server, setup):
     client, _ = server
     m, tok, bank = setup
