@@ -48,7 +48,7 @@ setup(
     packages=find_namespace_packages(include=["kvi_engine", "kvi_engine.*"], exclude=["*.__pycache__"])
     + ["kvi_engine.kernels"],
     package_dir={"kvi_engine.kernels": "kernels"},
-    package_data={"": ["*.jsonl", "*.json", "*.md", "*.txt", "*.safetensors"], "kvi_engine": ["_core.pyi", "py.typed"]},
+    package_data={"": ["*.jsonl", "*.json", "*.md", "*.txt", "*.safetensors", "*.html", "*.js", "*.css"], "kvi_engine": ["_core.pyi", "py.typed"]},
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},
     zip_safe=False,

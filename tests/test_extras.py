@@ -80,3 +80,12 @@ def test_eval_without_matplotlib_writes_everything_but_the_png(monkeypatch, tmp_
     assert all((out / f"report.{ext}").is_file() for ext in ("md", "csv", "json")) and not (out / "report.png").exists()
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
     assert len(warnings) == 1 and "pip install 'kvi-engine[plot]'" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("module", ["fastapi", "uvicorn", "prometheus_client"])
+def test_serve_without_the_serve_extra(monkeypatch, capsys, module):
+    hide(monkeypatch, module)
+    assert main(["serve", "--bank", "/nonexistent/never-read", "--model", "/nonexistent/model"]) == 2
+    one_error_line(capsys, f"kvi serve needs {module}: pip install 'kvi-engine[serve]'")
+    assert main(["bench", "serve", "--out", "/nonexistent/never-written"]) == 2
+    one_error_line(capsys, f"kvi bench serve needs {module}: pip install 'kvi-engine[serve]'")

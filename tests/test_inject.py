@@ -129,6 +129,45 @@ def test_generate_batched_equals_row_by_row_and_prompt_is_computed(tmp_path):
     assert (a - b).abs().max() > 1e-4
 
 
+
+@pytest.mark.parametrize("kw", [dict(num_beams=3, num_return_sequences=2), dict(num_beams=2),
+                                dict(do_sample=True, num_return_sequences=3, top_k=4)])
+def test_generate_beams_and_return_sequences_expand_the_plan(kw, tmp_path):
+    """generate() repeats every row by num_beams / num_return_sequences before its first forward; the plan's rows
+    expand the same way, so each row still sees its own capsules: equal to plain generate over
+    [prefix, capsule, prompt] (one capsule: the injection is exactly the plain forward), row by row."""
+    m, tok = model("llama", True), tokenizer(True)
+    bank = bank_for(m, tok, tmp_path)
+    prompt = prompt_ids(tok, "What does the virus cause")
+    caps = [[0], [4]]
+    opts = dict(max_new_tokens=6, pad_token_id=tok.pad_token_id, **kw)
+    opts.setdefault("do_sample", False)
+    torch.manual_seed(11)
+    with inject(m, bank, caps), torch.no_grad():
+        got = m.generate(input_ids=torch.tensor([prompt] * 2), attention_mask=torch.ones(2, len(prompt)), **opts)
+    got = got[:, len(prompt):]
+    per = got.shape[0] // 2
+    assert per == kw.get("num_return_sequences", 1)
+    for r, c in enumerate(caps):
+        full = bank.prefix_token_ids + bank.token_ids(c[0]) + prompt
+        torch.manual_seed(11 + r)
+        with torch.no_grad():
+            want = m.generate(input_ids=torch.tensor([full]), attention_mask=torch.ones(1, len(full)), **opts)
+        if opts["do_sample"]:  # sampled: each returned sequence is a valid top-k continuation of its own row
+            for seq in got[r * per:(r + 1) * per]:
+                with torch.no_grad():
+                    logits = m(input_ids=torch.tensor([full + seq.tolist()[:-1]])).logits[0, len(full) - 1:]
+                ranks = (logits > logits.gather(1, seq[:, None])).sum(1)
+                assert (ranks < 4).all(), ranks
+        else:
+            assert got[r * per:(r + 1) * per].tolist() == want[:, len(full):].tolist()
+    with inject(m, bank, caps), torch.no_grad():  # outside generate(), a batch the plan does not cover is an error
+        m.generate(input_ids=torch.tensor([prompt] * 2), attention_mask=torch.ones(2, len(prompt)), **opts)
+        with pytest.raises(ValueError, match="batch of 4 rows but the injection plan has 2 rows"):
+            m(input_ids=torch.tensor([prompt] * 4))
+    assert "generate" not in m.__dict__ and "_expand_inputs_for_generation" not in m.__dict__
+
+
 def test_layer_ranges_mask_instead_of_zero_fill(tmp_path):
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS

@@ -10,13 +10,15 @@ and ``triton`` (fused Triton kernel, CUDA).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 
 from kvi_engine import dispatch
 from kvi_engine.attention.cpp import prefix_attention_cpp
-from kvi_engine.attention.reference import reference, sdpa
+from kvi_engine.attention.reference import reference, sdpa, segment_lse
+from kvi_engine.plan.gather import injected_kv
 
 OP = "prefix_attention"
 
@@ -62,7 +64,27 @@ def select(device: torch.device, backend: str | None = None, plan=None, q_len: i
     return dispatch.select(OP, backend, device=device, prefer=_prefer(device, plan, q_len))
 
 
+def injected_lse(query, plan, layer, model, dtype, scaling=None):
+    """Log-sum-exp of ``query`` over each injected segment (the shared prefix, then each capsule of the row):
+    ``[batch, q_heads, q_len, 1 + max_capsules]`` float32, from the plan's gathered keys -- the attribution pass for
+    backends that return only the lse over all keys (the fused kernels)."""
+    k_inj, _, slot_valid = injected_kv(plan, layer, model, dtype, query.device)
+    B, Hq, Q, D = query.shape
+    keys = k_inj.float().repeat_interleave(Hq // k_inj.shape[1], dim=1)
+    scores = query.float() @ keys.transpose(-1, -2) * (scaling if scaling is not None else 1 / math.sqrt(D))
+    scores = scores.masked_fill(~slot_valid[:, None, None, :], float("-inf"))
+    return segment_lse(scores, plan.segments(query.device))
+
+
 def prefix_attention(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, *, backend=None,
-                     return_lse=False):
-    _, fn = select(query.device, backend, plan, query.shape[2])
-    return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=return_lse)
+                     return_lse=False, capsule_lse=False):
+    """``(out, lse)`` (lse None unless ``return_lse``, for backends that skip it); with ``capsule_lse``
+    ``(out, lse, capsule_lse)``: the PyTorch backends compute the per-segment lse from their own scores, the fused
+    kernels get it from :func:`injected_lse` (one more pass over the injected keys)."""
+    name, fn = select(query.device, backend, plan, query.shape[2])
+    if not capsule_lse:
+        return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=return_lse)
+    if name in ("reference", "sdpa"):
+        return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=True, capsule_lse=True)
+    out, lse = fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=True)
+    return out, lse, injected_lse(query, plan, layer, model, own_k.dtype, scaling)

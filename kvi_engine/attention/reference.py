@@ -39,9 +39,22 @@ def full_mask(slot_valid: torch.Tensor, own_mask: torch.Tensor | None, q_len: in
     return torch.cat([inj, own_mask], dim=-1)
 
 
-def reference(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_lse=True):
+def segment_lse(scores: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """Log-sum-exp of ``scores [batch, heads, q_len, slots]`` (-inf = masked) over each segment of
+    ``segments [batch, slots, n]`` (one-hot): ``[batch, heads, q_len, n]`` float32, -inf for an empty segment."""
+    m = scores.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    sums = torch.einsum("bhqs,bsn->bhqn", torch.exp(scores.float() - m), segments.to(torch.float32))
+    return (m + torch.log(sums)).float()
+
+
+def reference(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_lse=True,
+              capsule_lse=False):
     """The oracle: explicit softmax in float32 over [injected ‖ own] KV; returns ``(out, lse)``, lse
-    ``[batch, q_heads, q_len]`` float32 (``-inf`` where a query sees nothing; its output is zeros)."""
+    ``[batch, q_heads, q_len]`` float32 (``-inf`` where a query sees nothing; its output is zeros). With
+    ``capsule_lse`` also the log-sum-exp over each injected segment (:meth:`InjectionPlan.segments`):
+    ``[batch, q_heads, q_len, 1 + max_capsules]``, whose ``exp(capsule_lse - lse)`` is each capsule's attention
+    mass."""
     B, Hq, Q, D = query.shape
     k_inj, v_inj, slot_valid = injected_kv(plan, layer, model, own_k.dtype, own_k.device)
     keys = torch.cat([k_inj, own_k], dim=2).float()
@@ -54,15 +67,27 @@ def reference(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, r
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1).clamp(min=torch.finfo(torch.float32).min))
     out = (probs @ values).nan_to_num_(0.0)  # rows with nothing visible (padding queries) output zeros
+    if capsule_lse:
+        return out.to(query.dtype), lse, segment_lse(scores[..., :k_inj.shape[2]], plan.segments(query.device))
     return out.to(query.dtype), lse
 
 
-def sdpa(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_lse=False):
-    """torch SDPA over the concatenated KV, in the activation dtype (fast on the CPU once the plan's injected KV is
-    gathered: decode reuses it). SDPA returns no log-sum-exp: with ``return_lse`` the oracle computes both."""
-    if return_lse:
-        return reference(query, own_k, own_v, own_mask, plan, layer, model, scaling, True)
+def sdpa(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_lse=False, capsule_lse=False):
+    """Over the plan's gathered injected KV (gathered once, reused by every decode step), in the activation dtype.
+    Decode steps (one query token) run :func:`~kvi_engine.attention.split.split_attention`: the injected part and
+    the own part as two partial attentions merged through their log-sum-exp, which copies nothing per step and
+    gives the lse (and per-capsule lse) for free. Longer queries run torch SDPA over the concatenated KV; SDPA
+    returns no log-sum-exp, so there ``return_lse`` / ``capsule_lse`` defer to the oracle."""
+    from kvi_engine.attention.split import split_attention
+
     k_inj, v_inj, slot_valid = injected_kv(plan, layer, model, own_k.dtype, own_k.device)
+    if query.shape[2] == 1:
+        own = own_visibility(own_mask, query.shape[0], 1, own_k.shape[2])
+        out, lse, seg = split_attention(query, k_inj, v_inj, slot_valid, own_k, own_v, own, scaling,
+                                        plan.segments(query.device) if capsule_lse else None)
+        return (out, lse, seg) if capsule_lse else (out, lse)
+    if return_lse or capsule_lse:
+        return reference(query, own_k, own_v, own_mask, plan, layer, model, scaling, True, capsule_lse)
     keys, values = torch.cat([k_inj, own_k], dim=2), torch.cat([v_inj, own_v], dim=2)
     mask = full_mask(slot_valid, own_mask, query.shape[2], own_k.shape[2])
     out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, scale=scaling,

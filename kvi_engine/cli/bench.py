@@ -19,6 +19,7 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "compile": ("compile", "compile capsules/s: 1 process vs Ray with 1, 2, ... workers; worker start-up apart"),
     "retrieval": ("retrieval", "evidence reaching the model (RAG vs KVI) and latency on the shared real QA sets"),
     "ingest": ("ingest", "open ingestion throughput (sentences/s, NER included) and memory, up to 100K sentences"),
+    "serve": ("serve", "kvi serve under 1..64 concurrent clients: batched vs one-at-a-time (needs the serve extra)"),
 }
 
 

@@ -32,6 +32,22 @@ class Generation:
     extra: dict = field(default_factory=dict)
 
 
+def encode_prompt(tokenizer, text: str | list[dict], *, chat: bool = False, prefix: Sequence[int] = ()) -> list[int]:
+    """Token ids of one prompt, as every front end encodes it: ``chat`` (or a list of ``{"role", "content"}``
+    messages) goes through the tokenizer's chat template when it has one; a leading ``prefix`` (the bank's shared
+    prefix, which the injection supplies) is dropped."""
+    messages = text if isinstance(text, list) else [{"role": "user", "content": text}]
+    if (chat or isinstance(text, list)) and getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(rendered, add_special_tokens=False).input_ids
+    elif isinstance(text, list):  # no template: the conversation as plain "role: content" lines
+        ids = tokenizer("".join(f"{m['role']}: {m['content']}\n" for m in messages) + "assistant:").input_ids
+    else:
+        ids = tokenizer(text).input_ids
+    prefix = list(prefix)
+    return ids[len(prefix):] if prefix and ids[:len(prefix)] == prefix else ids
+
+
 class KVIEngine:
     def __init__(self, model, tokenizer, bank: KVBank | None, *, layout: str = "stacked", backend: str | None = None,
                  check: bool = True, max_prompt_tokens: int | None = None):
@@ -57,16 +73,8 @@ class KVIEngine:
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise ValueError(f"prompt {i} is empty")
-        texts = list(prompts)
-        if chat and getattr(self.tokenizer, "chat_template", None):
-            texts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                        add_generation_prompt=True) for p in prompts]
-            rows = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-        else:
-            rows = [self.tokenizer(t).input_ids for t in texts]
         prefix = self.bank.prefix_token_ids if (strip_prefix and self.bank is not None) else []
-        if prefix:
-            rows = [r[len(prefix):] if r[:len(prefix)] == prefix else r for r in rows]
+        rows = [encode_prompt(self.tokenizer, p, chat=chat, prefix=prefix) for p in prompts]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -32,11 +32,26 @@ IMPL = "kvi"
 _lock = threading.Lock()
 
 
-class _State:
-    __slots__ = ("plan", "model", "backend", "on_query")
+class Injection:
+    """What the patched model reads on every forward: the plan (swappable between forwards: ``kvi serve`` sets a new
+    batch plan whenever requests join or leave), the backend, the instrumentation hooks, and the expansion factor of
+    the ``generate`` call in progress (``num_beams`` / ``num_return_sequences`` repeat every row in place)."""
+    __slots__ = ("plan", "model", "backend", "on_query", "on_attention", "times")
 
-    def __init__(self, plan, model, backend, on_query):
-        self.plan, self.model, self.backend, self.on_query = plan, model, backend, on_query
+    def __init__(self, plan, model, backend=None, on_query=None, on_attention=None):
+        self.plan, self.model, self.backend = plan, model, backend
+        self.on_query, self.on_attention, self.times = on_query, on_attention, 1
+
+    def plan_for(self, batch: int) -> InjectionPlan:
+        """The plan for a forward over ``batch`` rows: the plan itself, or, inside a ``generate`` call that expanded
+        the batch, the plan with every row repeated the same way (built once, kept in the plan's cache)."""
+        plan = self.plan
+        if batch == plan.batch_size:
+            return plan
+        if self.times > 1 and batch == plan.batch_size * self.times:
+            return plan.cached(("expand", self.times), lambda: plan.expand(self.times))
+        raise ValueError(f"batch of {batch} rows but the injection plan has {plan.batch_size} rows (one capsule list "
+                         "per row; generate's num_beams / num_return_sequences expand it themselves)")
 
 
 def _kvi_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
@@ -44,7 +59,7 @@ def _kvi_attention(module, query, key, value, attention_mask, scaling=None, drop
     if state is None:  # model switched to "kvi" outside inject(): behave like plain SDPA
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    plan = state.plan
+    plan = state.plan_for(query.shape[0])
     window = kwargs.get("sliding_window")
     if window is not None and plan.num_slots + key.shape[2] > window:
         raise ValueError(f"layer {module.layer_idx} uses a sliding window of {window} tokens, shorter than the "
@@ -52,16 +67,25 @@ def _kvi_attention(module, query, key, value, attention_mask, scaling=None, drop
                          "capsules are not supported")
     if kwargs.get("softcap") is not None:
         raise ValueError("attention logit soft-capping is not supported by injection")
-    if query.shape[0] != plan.batch_size:
-        raise ValueError(f"batch of {query.shape[0]} rows but the injection plan has {plan.batch_size} rows "
-                         "(one capsule list per row; beam search / num_return_sequences need expanded lists)")
     mask = attention_mask
     if mask is not None and mask.dim() == 4:
         mask = mask[:, :, :, : key.shape[2]]
     if state.on_query is not None:
         state.on_query(module.layer_idx, query)
-    out, _ = attention.prefix_attention(query, key, value, mask, plan, module.layer_idx, state.model, scaling,
-                                        backend=state.backend)
+    if state.on_attention is not None:  # per-capsule attention mass of each row's last query (attribution)
+        layer = module.layer_idx
+        if query.shape[2] == 1:
+            out, lse, seg = attention.prefix_attention(query, key, value, mask, plan, layer, state.model, scaling,
+                                                       backend=state.backend, capsule_lse=True)
+        else:  # prefill: only the last position chooses a token; one more pass over the injected keys for it
+            out, lse = attention.prefix_attention(query, key, value, mask, plan, layer, state.model, scaling,
+                                                  backend=state.backend, return_lse=True)
+            seg, lse = attention.injected_lse(query[:, :, -1:], plan, layer, state.model, key.dtype, scaling), \
+                lse[:, :, -1:]
+        state.on_attention(layer, plan, seg, lse)
+    else:
+        out, _ = attention.prefix_attention(query, key, value, mask, plan, module.layer_idx, state.model, scaling,
+                                            backend=state.backend)
     return out.transpose(1, 2).contiguous(), None
 
 
@@ -84,7 +108,7 @@ AttentionInterface.register(IMPL, _kvi_attention)
 ALL_MASK_ATTENTION_FUNCTIONS.register(IMPL, _kvi_mask)
 
 
-def _position_hook(plan: InjectionPlan, limit: int | None):
+def _position_hook(state: Injection, limit: int | None):
     def hook(module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
         emb = kwargs.get("inputs_embeds")
@@ -99,16 +123,32 @@ def _position_hook(plan: InjectionPlan, limit: int | None):
                 pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
             else:
                 pos = torch.arange(past_len, past_len + T, device=device).expand(B, T)
-        offset = plan.prompt_offset.to(device)
-        if offset.shape[0] != B and offset.shape[0] != 1:
-            raise ValueError(f"batch of {B} rows but the injection plan has {offset.shape[0]} rows")
-        pos = pos + offset.unsqueeze(1)
+        pos = pos + state.plan_for(B).prompt_offset.to(device).unsqueeze(1)
         if limit is not None and T and int(pos.max()) >= limit:
             raise ValueError(f"injected + prompt tokens reach position {int(pos.max())}, past the model's "
                              f"{limit} positions (max_position_embeddings)")
         kwargs["position_ids"] = pos
         return args, kwargs
     return hook
+
+
+def _expansion_recorder(state: Injection, expand):
+    # generate() repeats every row in place (repeat_interleave) by max(num_beams, num_return_sequences) before the
+    # first forward; recording the factor here lets the plan expand the same way, and only inside such a call.
+    def recorder(*args, **kwargs):
+        state.times = max(int(kwargs.get("expand_size", args[0] if args else 1)), 1)
+        return expand(*args, **kwargs)
+    return recorder
+
+
+def _generate_scope(state: Injection, generate):
+    # the expansion holds for one generate() call: afterwards a forward over more rows than the plan is an error again
+    def scoped(*args, **kwargs):
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            state.times = 1
+    return scoped
 
 
 @contextlib.contextmanager
@@ -122,28 +162,45 @@ def inject(model, bank: KVBank, capsule_ids: Sequence[Sequence[int]], *, layout:
     ``backend`` forces an attention backend (see :mod:`kvi_engine.dispatch`). With ``check`` the bank's model
     fingerprint (and, given ``tokenizer``, the tokenizer's) must match. ``on_query(layer, query)``, if given, sees
     every layer's query ``[batch, q_heads, q_len, head_dim]`` before attention (instrumentation: the bank-accuracy
-    benchmark replays them). Yields the :class:`InjectionPlan`.
+    benchmark replays them). Yields the :class:`InjectionPlan`. Inside, ``generate`` with ``num_beams`` or
+    ``num_return_sequences`` > 1 works: the plan's rows are repeated the way ``generate`` repeats the batch.
     """
     rope.check_repositionable(model)
     if check:
         bank.check_model(model, tokenizer)
     attention.select(next(model.parameters()).device, backend)  # a forced backend that cannot run raises now
     plan = build_plan(bank, capsule_ids, layout=layout, layers=layers, capsule_layers=capsule_layers)
+    with attach(model, plan, backend=backend, on_query=on_query):
+        yield plan
+
+
+@contextlib.contextmanager
+def attach(model, plan: InjectionPlan, *, backend: str | None = None, on_query=None, on_attention=None):
+    """Patch ``model`` to inject ``plan`` (no checks: :func:`inject` is the public entry point) and yield the
+    :class:`Injection` its forwards read; assigning ``injection.plan`` between forwards swaps the plan (a resident
+    server does, per batch). ``on_attention(layer, plan, capsule_lse, lse)``, if given, receives at every layer the
+    log-sum-exp of each row's last query over each injected segment (``[batch, q_heads, 1, 1 + max capsules]``:
+    the shared prefix, then the row's capsules in plan order) and over all keys (``[batch, q_heads, 1]``): the
+    query whose logits choose the next token (attribution). Undone on exit."""
     attns = attention_modules(model)
     decoder = model.get_decoder()
     with _lock:
         if any(getattr(m, "_kvi_state", None) is not None for m in attns):
             raise RuntimeError("inject() is already active on this model; nesting is not supported")
-        state = _State(plan, model, backend, on_query)
+        state = Injection(plan, model, backend, on_query, on_attention)
         for m in attns:
             m._kvi_state = state
     hook, old = None, None
     try:
         limit = getattr(model.config, "max_position_embeddings", None)
-        hook = decoder.register_forward_pre_hook(_position_hook(plan, limit), with_kwargs=True)
+        hook = decoder.register_forward_pre_hook(_position_hook(state, limit), with_kwargs=True)
+        model._expand_inputs_for_generation = _expansion_recorder(state, model._expand_inputs_for_generation)
+        model.generate = _generate_scope(state, model.generate)
         old = set_attn_implementation(model, IMPL)
-        yield plan
+        yield state
     finally:
+        model.__dict__.pop("_expand_inputs_for_generation", None)
+        model.__dict__.pop("generate", None)
         if hook is not None:
             hook.remove()
         if old is not None:

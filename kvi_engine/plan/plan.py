@@ -65,6 +65,26 @@ class InjectionPlan:
         pre = torch.ones(self.batch_size, self.prefix_len, dtype=torch.bool)
         return torch.cat([pre, valid], dim=1)
 
+    @property
+    def max_capsules(self) -> int:
+        return max((len(r) for r in self.capsule_ids), default=0)
+
+    def segments(self, device="cpu") -> torch.Tensor:
+        """``[batch, prefix + slots, 1 + max_capsules]`` float32 one-hot: the segment each injected slot belongs to
+        (column 0: the shared prefix; column k: the row's k-th capsule in plan order); padding slots belong to none.
+        ``scores @ segments`` sums attention per capsule (attribution)."""
+        def build():
+            lengths = self.bank.ranges[:, 1]
+            seg = torch.zeros(self.batch_size, self.num_slots, 1 + self.max_capsules)
+            seg[:, :self.prefix_len, 0] = 1
+            for r, row in enumerate(self.capsule_ids):
+                if row:
+                    lens = lengths[row]
+                    which = torch.repeat_interleave(torch.arange(1, len(row) + 1), lens)
+                    seg[r, self.prefix_len + torch.arange(len(which)), which] = 1
+            return seg.to(device)
+        return self.cached(("segments", str(device)), build)
+
     def expand(self, times: int) -> "InjectionPlan":
         """The plan with every row repeated ``times`` times in place (row r becomes rows r*times .. r*times+times-1),
         the way ``generate`` expands a batch for ``num_beams`` / ``num_return_sequences``."""

@@ -107,7 +107,7 @@ class QueryPipeline:
             found = self.retrieve(m.retrieval, questions)
         if [f.question for f in found] != questions:
             raise ValueError(f"{m.name}: the retrieval results are for other questions")
-        plans = [self._plan(m, f) for f in found]
+        plans = [self.inputs(m, f) for f in found]
         texts: list[str] = []
         starts = range(0, len(plans), batch_size)
         for s in tqdm(starts, desc=m.name, unit="batch", disable=len(starts) < 2, leave=False):
@@ -116,16 +116,19 @@ class QueryPipeline:
             ids = None if m.kv == "none" else [kv for _, _, kv in chunk]
             eng = self._engines["capsules"] if m.kv == "none" else self.engine(m.kv)
             texts += eng.generate(prompts, ids, max_new_tokens=max_new_tokens, chat=chat).texts
-        return [self._finish(m, f, evidence, kv, raw) for (f, evidence, kv), raw in zip(plans, texts)]
+        return [self.finish(m, f, evidence, kv, raw) for (f, evidence, kv), raw in zip(plans, texts)]
 
-    def _plan(self, m: Method, f: Found) -> tuple[Found, list[str], list[int]]:
+    def inputs(self, m: Method, f: Found) -> tuple[Found, list[str], list[int]]:
+        """What goes to the model for one retrieval: ``(found, prompt evidence lines, KV ids)`` (the prompt is
+        ``qa_prompt(question, evidence)``); a server generates in its own batches between this and :meth:`finish`."""
         bank = self.knowledge.bank
         text = {"none": [], "evidence": f.evidence,
                 "statements": [bank.statement(i) for i in f.capsule_ids]}[m.prompt]
         kv = {"none": [], "capsules": f.capsule_ids, "sentences": f.sentence_ids}[m.kv]
         return f, text, kv
 
-    def _finish(self, m: Method, f: Found, evidence: list[str], kv: list[int], raw: str) -> Answer:
+    def finish(self, m: Method, f: Found, evidence: list[str], kv: list[int], raw: str) -> Answer:
+        """Post-processing and grounding of the raw generation, and the answer's trace."""
         kv_bank = {"capsules": self.knowledge.bank, "sentences": self.knowledge.sentence_bank}.get(m.kv)
         injected = [kv_bank.statement(i) for i in kv] if kv_bank is not None else []
         # Grounded against everything the method retrieved, in whichever channel it went to the model.
