@@ -72,3 +72,32 @@ def test_a_task_whose_worker_dies_is_retried(ray_cluster, tmp_path):
                                    args=(merged, None), progress=False)
     assert flag.is_file()   # a worker did die
     same(assemble_assets(parts, merged), build_assets(docs, merged))
+
+
+def test_open_ingestion_on_ray_equals_one_process(ray_cluster):
+    """No entity list: spaCy's analysis of real paragraphs in Ray tasks (shards of 9 documents), the assembly on the
+    driver -- the same sentences, entities, triples and sentence capsules as one process."""
+    from kvi_engine.ingest.assets import build_open_assets
+    from kvi_engine.testing import realdata
+
+    realdata.pipeline()
+    docs = realdata.documents("2wikimultihopqa_dev200")[:40]
+    want = build_open_assets(docs)
+    assert len(want.entities) > 40 and sum(c.kind == "triple" for c in want.capsules) > 10
+    got = distributed.build_open_assets(docs, shard_docs=9, progress=False)
+    same(got, want)
+    assert got.notes == want.notes
+
+
+def test_kvi_ingest_ray_writes_the_same_assets(ray_cluster, tmp_path, capsys):
+    from kvi_engine.cli.main import main
+    from kvi_engine.testing import realdata
+
+    realdata.pipeline()
+    lines = (realdata.shared_set("musique_ans_dev100") / "docs.jsonl").read_text(encoding="utf-8").splitlines()[:20]
+    (tmp_path / "docs.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for out, extra in (("one", []), ("ray", ["--ray", "--shard-docs", "6"])):
+        assert main(["ingest", str(tmp_path / "docs.jsonl"), "--out", str(tmp_path / out), *extra]) == 0
+    for name in ("sentences.jsonl", "capsules.jsonl", "entities.jsonl"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "ray" / name).read_bytes(), name
+    assert "20 documents ->" in capsys.readouterr().out

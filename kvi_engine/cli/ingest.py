@@ -3,6 +3,7 @@
     kvi ingest corpus/ --out out/assets
     kvi ingest docs.jsonl --entities entities.jsonl --out out/assets       # a given list joins titles and NER
     kvi ingest docs.jsonl --llm Qwen/Qwen2.5-0.5B-Instruct --out out/assets   # plus triples from a frozen LLM
+    kvi ingest docs.jsonl --ray --out out/assets          # spaCy analysis on Ray tasks, assembly on the driver
 
 Writes ``sentences.jsonl`` (checksummed store), ``capsules.jsonl`` (triples, one sentence capsule per sentence),
 ``entities.jsonl`` and ``ingest.json`` (counts, timings and documented fallbacks such as a document with no
@@ -22,8 +23,11 @@ def cmd_ingest(args) -> int:
     from kvi_engine.ingest.nlp import load_pipeline
     from kvi_engine.utils.atomic import atomic_open
 
+    if args.ray is not None:
+        from kvi_engine.distributed.cluster import require_ray
+        require_ray("kvi ingest --ray")  # before any work: without the extra, one line says which to install
     options = AnalysisOptions(pipeline=args.pipeline, max_document_chars=args.max_doc_chars)
-    nlp = load_pipeline(options.pipeline)  # a missing pipeline fails before any document is read
+    nlp = load_pipeline(options.pipeline)  # a missing pipeline fails before any document is read (here too with --ray)
     documents = load_documents(*args.docs)
     entities = load_entities(args.entities) if args.entities else []
     extractor = None
@@ -32,8 +36,13 @@ def cmd_ingest(args) -> int:
         from kvi_engine.models.loading import load_model
         model, tok, _ = load_model(args.llm, device=args.device)
         extractor = LLMExtractor(model, tok, entities=entities or None)
-    assets = build_open_assets(documents, entities, options=options, templates=not args.no_templates,
-                               extractor=extractor, nlp=nlp, progress=True)
+    if args.ray is None:
+        assets = build_open_assets(documents, entities, options=options, templates=not args.no_templates,
+                                   extractor=extractor, nlp=nlp, progress=True)
+    else:
+        from kvi_engine import distributed
+        assets = distributed.build_open_assets(documents, entities, options=options, templates=not args.no_templates,
+                                               extractor=extractor, shard_docs=args.shard_docs, address=args.ray)
     out = Path(args.out)
     paths = save_assets(assets, out)
     report = {"documents": [str(d) for d in args.docs], "stats": assets.stats, "notes": assets.notes,
@@ -63,4 +72,9 @@ def add_subparsers(sub) -> None:
     p.add_argument("--pipeline", default="en_core_web_sm", help="spaCy pipeline (default en_core_web_sm)")
     p.add_argument("--max-doc-chars", type=int, default=2_000_000,
                    help="a longer document is refused with its id (default 2,000,000 characters)")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="analyse shards of documents on Ray tasks (pip install 'kvi-engine[ray]'): bare = a private "
+                        "cluster on this machine, 'auto' = the cluster `ray start` made here, HOST:PORT = that "
+                        "cluster; the same assets as without --ray")
+    p.add_argument("--shard-docs", type=int, default=256, help="with --ray: documents per task (default 256)")
     p.set_defaults(func=cmd_ingest)

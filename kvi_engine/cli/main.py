@@ -1,4 +1,5 @@
-"""The ``kvi`` command line. Verb groups, each in its own module: ingest, compile, ask, demo, eval, bank, kpr, bench, serve.
+"""The ``kvi`` command line. Verb groups, each in its own module: ingest, compile, ask, demo, eval, bank, kpr, bench,
+serve.
 
 Errors users can fix (missing files, malformed JSONL, a bank from another model, bad ids) print one clear line
 and exit with status 2 (``KVI_DEBUG=1`` prints the traceback too); anything else is a bug and keeps its traceback.

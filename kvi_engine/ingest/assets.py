@@ -99,14 +99,22 @@ def build_open_assets(documents: Sequence[Document], entities: Sequence[Entity] 
         raise ValueError("no documents to ingest")
     t0 = time.perf_counter()
     analyses = Analyzer(options, nlp).analyse(documents, progress=progress)
+    return assemble_open_assets(analyses, entities, templates=templates, extractor=extractor,
+                                analyse_s=time.perf_counter() - t0)
+
+
+def assemble_open_assets(analyses: Sequence, entities: Sequence[Entity] = (), *, templates: bool = True,
+                         extractor: LLMExtractor | None = None, analyse_s: float = 0.0) -> Assets:
+    """The corpus-wide stage of :func:`build_open_assets` over per-document analyses in document order (from one
+    :class:`Analyzer` or from shards analysed apart: :func:`kvi_engine.distributed.build_open_assets`)."""
     t1 = time.perf_counter()
     merged, _ = merge_entities(entities)
     rules = (lambda ents: RuleExtractor(ents, OPEN_TEMPLATES)) if templates else None
     a = assemble(analyses, merged, rule_extractor=rules, llm_extractor=extractor)
     if not a.sentences:
-        raise ValueError(f"no sentences in {len(documents)} document(s): nothing to ingest "
+        raise ValueError(f"no sentences in {len(analyses)} document(s): nothing to ingest "
                          f"({a.notes[0] if a.notes else 'every document is empty'})")
-    stats = {**a.stats, "analyse_s": round(t1 - t0, 3), "assemble_s": round(time.perf_counter() - t1, 3)}
+    stats = {**a.stats, "analyse_s": round(analyse_s, 3), "assemble_s": round(time.perf_counter() - t1, 3)}
     return Assets(SentenceStore(a.sentences), a.capsules, a.entities, list(a.rejections), a.notes, stats)
 
 
