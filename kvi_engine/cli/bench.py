@@ -15,6 +15,7 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "bank-scale": ("bank_scale", "a 1M-capsule bank: open, fetch, resident memory, updates"),
     "bank-accuracy": ("bank_accuracy", "quantised banks vs fp16 on the test model families"),
     "kpr": ("kpr", "KPR end to end: build, train, knowledge update, recall@k"),
+    "fidelity": ("fidelity", "injected KV vs text on the reader: EM/F1 of LLM, RAG, KV Prefix, KVI over capsules"),
 }
 
 

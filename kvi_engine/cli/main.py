@@ -1,4 +1,4 @@
-"""The ``kvi`` command line. Verb groups, each in its own module: compile, ask, demo, eval, bank, kpr, bench.
+"""The ``kvi`` command line. Verb groups, each in its own module: compile, ask, demo, eval, bank, kpr, bench, train-reader.
 
 Errors users can fix (missing files, malformed JSONL, a bank from another model, bad ids) print one clear line
 and exit with status 2 (``KVI_DEBUG=1`` prints the traceback too); anything else is a bug and keeps its traceback.
@@ -11,11 +11,11 @@ import sys
 import traceback
 import warnings
 
-from kvi_engine.cli import ask, bank, bench, compile, demo, eval, kpr
+from kvi_engine.cli import ask, bank, bench, compile, demo, eval, kpr, reader
 from kvi_engine.cli.common import message, user_errors
 
-GROUPS = (compile, ask, demo, eval, bank, kpr, bench)
-VISIBLE = "{compile,ask,demo,eval,bank,kpr,bench}"
+GROUPS = (compile, ask, demo, eval, bank, kpr, bench, reader)
+VISIBLE = "{compile,ask,demo,eval,bank,kpr,bench,train-reader}"
 
 
 def build_parser() -> argparse.ArgumentParser:
