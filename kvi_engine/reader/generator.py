@@ -11,14 +11,13 @@ held-out entities (split="test") are never generated for training, so held-out f
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvi_engine.reader.schema import RELATIONS, TYPE_WORD, ARTICLE_TYPES
+from kvi_engine.reader.schema import ARTICLE_TYPES, RELATIONS, TYPE_WORD
 
 HERE = Path(__file__).parent
 BLOCKLIST_FILE = HERE / "blocklist.txt"

@@ -26,7 +26,6 @@ BASE_TEXT = ("Context: Question: Answer: the of and to in is was for on with as 
 
 
 def corpus(gen, n_contexts: int):
-    from kvi_engine.reader.schema import TYPE_WORD
     yield BASE_TEXT
     for _ in range(n_contexts):
         c = gen.context(gen.rng.randint(1, 16), 4, hops=(1, 2), p_two_hop=0.3)
@@ -79,6 +78,7 @@ class Pieces:
 
 if __name__ == "__main__":
     import sys
+
     from kvi_engine.reader.generator import Generator
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "out/tok")
     t0 = time.time()
