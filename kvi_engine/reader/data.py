@@ -196,7 +196,7 @@ def forward_loss(model, batch, *, return_tf=False, answer_loss=False):
     loss = (ce * w).sum() / w.sum()
     if answer_loss:
         am = w == 1.0
-        return loss, None, float(ce[am].mean()) if am.any() else 0.0
+        return loss, None, float(ce[am].detach().mean()) if am.any() else 0.0
     if not return_tf:
         return loss, None
     pred = torch.full_like(batch["labels"], -1)
