@@ -65,8 +65,8 @@ def test_default_model_falls_back_loudly_but_a_named_model_never_does(capsys, mo
     from kvi_engine.models.loading import load_model
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     m, tok, fallback = load_model(None)  # the default model cannot be downloaded here
-    assert fallback and m.config.model_type == "qwen2"
-    assert "FALLING BACK TO A TINY RANDOM Qwen2 MODEL" in capsys.readouterr().err
+    assert fallback and m.config.model_type == "llama"  # the bundled reader (kvi_engine/reader/model)
+    assert "FALLING BACK TO THE BUNDLED READER" in capsys.readouterr().err
     ids = torch.tensor([tok("hello").input_ids])
     assert m(input_ids=ids).logits.shape[-1] == m.config.vocab_size
     with pytest.raises(OSError):

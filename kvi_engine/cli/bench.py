@@ -20,6 +20,7 @@ BENCHMARKS = {  # name -> (module in kvi_engine.benchmarks, what it measures)
     "retrieval": ("retrieval", "evidence reaching the model (RAG vs KVI) and latency on the shared real QA sets"),
     "ingest": ("ingest", "open ingestion throughput (sentences/s, NER included) and memory, up to 100K sentences"),
     "serve": ("serve", "kvi serve under 1..64 concurrent clients: batched vs one-at-a-time (needs the serve extra)"),
+    "fidelity": ("fidelity", "injected KV vs text on the reader: EM/F1 of LLM, RAG, KV Prefix, KVI over capsules"),
 }
 
 

@@ -39,8 +39,8 @@ def parse_ids(text: str) -> list[int]:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="HF model name or local dir (default: Qwen/Qwen2.5-0.5B-Instruct; a tiny random "
-                                   "model, announced loudly, when it cannot be loaded)")
+    p.add_argument("--model", help="HF model name, local dir or 'reader' (the bundled reader) (default: "
+                                   "Qwen/Qwen2.5-0.5B-Instruct; the reader, announced loudly, when it cannot be loaded)")
     p.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     p.add_argument("--device", default="cpu")
 

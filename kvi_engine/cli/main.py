@@ -1,5 +1,5 @@
 """The ``kvi`` command line. Verb groups, each in its own module: ingest, compile, ask, demo, eval, bank, kpr, bench,
-serve.
+serve, train-reader.
 
 Errors users can fix (missing files, malformed JSONL, a bank from another model, bad ids) print one clear line
 and exit with status 2 (``KVI_DEBUG=1`` prints the traceback too); anything else is a bug and keeps its traceback.
@@ -12,11 +12,11 @@ import sys
 import traceback
 import warnings
 
-from kvi_engine.cli import ask, bank, bench, compile, demo, eval, ingest, kpr, serve
+from kvi_engine.cli import ask, bank, bench, compile, demo, eval, ingest, kpr, reader, serve
 from kvi_engine.cli.common import message, user_errors
 
-GROUPS = (ingest, compile, ask, demo, eval, bank, kpr, bench, serve)
-VISIBLE = "{ingest,compile,ask,demo,eval,bank,kpr,bench,serve}"
+GROUPS = (ingest, compile, ask, demo, eval, bank, kpr, bench, serve, reader)
+VISIBLE = "{ingest,compile,ask,demo,eval,bank,kpr,bench,serve,train-reader}"
 
 
 def build_parser() -> argparse.ArgumentParser:

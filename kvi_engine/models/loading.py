@@ -57,9 +57,15 @@ def _bypassed(host: str) -> bool:
     return any(e == "*" or host == e or host.endswith("." + e) for e in entries if e)
 
 
+READER = "reader"  # --model reader: the reader shipped in kvi_engine/reader/model
+
+
 def _pretrained(name: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name == READER:
+        from kvi_engine.reader import reader_dir
+        name = str(reader_dir())
     local = Path(name).expanduser().is_dir()
     offline = {} if local or hub_reachable() else {"local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(name, **offline)
@@ -67,12 +73,25 @@ def _pretrained(name: str, dtype):
     return model, tokenizer
 
 
-def fallback_model(device: str = "cpu"):
-    """The model used when no real one can be loaded: a tiny random Qwen2 (its answers are noise)."""
-    from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
+READER_BANNER = ("FALLING BACK TO THE BUNDLED READER: a 4M-parameter Llama trained here on synthetic fact QA.\n"
+                 "!! It answers short questions from facts it is given (prompt text or injected KV) and knows nothing "
+                 "else.")
+RANDOM_BANNER = "FALLING BACK TO A TINY RANDOM Qwen2 MODEL: timings are real, answers are noise."
 
-    tokenizer = tiny_tokenizer(vocab_size=2048)
-    return tiny_model("qwen2", tokenizer, hidden=256, layers=4, heads=8, kv_heads=2).to(device), tokenizer
+
+def fallback_model(device: str = "cpu"):
+    """``(model, tokenizer, banner)`` used when no real model can be loaded: the shipped reader
+    (:mod:`kvi_engine.reader`), or a tiny random Qwen2 (answers are noise) when the package has no reader files."""
+    try:
+        from kvi_engine.reader import load_reader
+        model, tokenizer = load_reader()
+        return model.to(device), tokenizer, READER_BANNER
+    except FileNotFoundError:
+        from kvi_engine.testing.tiny import tiny_model, tiny_tokenizer
+
+        tokenizer = tiny_tokenizer(vocab_size=2048)
+        return (tiny_model("qwen2", tokenizer, hidden=256, layers=4, heads=8, kv_heads=2).to(device), tokenizer,
+                RANDOM_BANNER)
 
 
 def load_model(name: str | None = None, *, dtype: torch.dtype | None = None, device: str = "cpu",
@@ -89,10 +108,9 @@ def load_model(name: str | None = None, *, dtype: torch.dtype | None = None, dev
             raise
         banner = "!" * 78
         why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}" if str(e) else type(e).__name__
-        print(f"{banner}\n!! could not load {name!r}: {why}\n"
-              f"!! FALLING BACK TO A TINY RANDOM Qwen2 MODEL: timings are real, answers are noise.\n"
-              f"!! Pass --model /path/to/a/local/model for meaningful output.\n{banner}", file=sys.stderr)
-        model, tokenizer = fallback_model(device)
+        model, tokenizer, what = fallback_model(device)
+        print(f"{banner}\n!! could not load {name!r}: {why}\n!! {what}\n"
+              f"!! Pass --model /path/to/a/local/model for a real LM.\n{banner}", file=sys.stderr)
         return model, tokenizer, True
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,0 +1,294 @@
+"""Training the reader from scratch: ``kvi train-reader`` (seeded; tqdm; loss PNG; model card).
+
+Recipe (base stage), measured in the prototype runs (kvi_engine/reader/README.md):
+  1. a fresh Llama (4 layers, d=256, 4 heads / 2 KV heads, tied embeddings, ~4.2M parameters) with its own
+     byte-level BPE tokenizer trained on generated text;
+  2. a planted previous-token head (:mod:`kvi_engine.reader.plant`) and an induction warm-up on random tokens
+     (copying after a repeat) -- without it plain QA training stayed near 0 EM for the whole budget;
+  3. QA training on generated contexts of 1..64 facts (facts as "Context:" lines -- the RAG prompt -- or as running
+     text, which is what a stacked KVI capsule sequence looks like), loss on the answer (+ a small weight on the
+     question tokens); several questions per context share it through a branch mask (:mod:`.data`).
+Adapt stage (``--stage adapt --init DIR``): the same, with the "kvi" format in the mix (block-diagonal attention among
+facts, stacked positions) -- the Block-Attention / TurboRAG recipe.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from kvi_engine.reader.data import collate, encode, forward_loss
+from kvi_engine.reader.generator import Generator
+from kvi_engine.reader.tokenizer import Pieces, train_tokenizer
+
+
+def make_config(tok, a):
+    from transformers import LlamaConfig
+    return LlamaConfig(vocab_size=len(tok), hidden_size=a.hidden, intermediate_size=a.intermediate,
+                       num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                       max_position_embeddings=2048, rope_theta=a.rope_theta, tie_word_embeddings=True,
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                       initializer_range=0.02)
+
+
+def parse_mix(s: str) -> dict:
+    out = {}
+    for part in s.split(","):
+        k, _, v = part.partition(":")
+        if k not in ("rag", "doc", "kvi", "llm") or not v:
+            raise ValueError(f"--mix: expected fmt:weight with fmt in rag,doc,kvi,llm, got {part!r}")
+        out[k] = float(v)
+    return out
+
+
+def sample_n(rng: random.Random, n_max: int) -> int:
+    """Log-uniform number of facts in 1..n_max (small contexts are frequent, long ones present)."""
+    return max(1, min(n_max, int(round(math.exp(rng.uniform(0, math.log(n_max + 0.5)))))))
+
+
+class Stream:
+    """Endless batches: one n_facts per batch (little padding), a format per example; n_max ramps up."""
+
+    def __init__(self, gen, pieces, a, mix):
+        self.gen, self.pieces, self.a, self.mix = gen, pieces, a, mix
+        self.rng = random.Random(a.seed + 7)
+
+    def batch(self, step: int, total: int):
+        a = self.a
+        frac = step / max(1, total)
+        n_max = int(round(a.nmax_start + (a.nmax - a.nmax_start) * min(1.0, frac / max(a.ramp, 1e-9))))
+        n = sample_n(self.rng, max(1, n_max))
+        exs, tokens = [], 0
+        fmts, wts = list(self.mix), list(self.mix.values())
+        while tokens < a.batch_tokens:
+            c = self.gen.context(n, a.q_per_ctx, hops=(1, 2) if self.rng.random() < a.p_two_hop else (1,),
+                                 p_two_hop=a.p_two_hop)
+            fmt = self.rng.choices(fmts, weights=wts)[0]
+            ex = encode(self.pieces, c.facts, c.questions, fmt, q_weight=a.q_weight)
+            exs.append(ex)
+            tokens += len(ex.ctx) + sum(len(b[0]) for b in ex.branches)
+        return collate(exs, self.pieces.pad), n, tokens
+
+
+def induction_batch(g: torch.Generator, vocab: int, specials: int, B: int = 16, T: int = 64):
+    """Random token rows [BOS, noise, x, noise, x]: the second x is predictable only by induction (copying what
+    followed the same token earlier); x and the gaps vary in length per row, so no fixed offset works."""
+    ids = torch.randint(specials, vocab, (B, T), generator=g)
+    ids[:, 0] = 0
+    w = torch.zeros(B, T)
+    for r in range(B):
+        S = int(torch.randint(6, min(28, (T - 1) // 2) + 1, (1,), generator=g))
+        a = 1 + int(torch.randint(0, T - 2 * S, (1,), generator=g))
+        b = a + S + int(torch.randint(0, T - S - (a + S) + 1, (1,), generator=g))
+        ids[r, b:b + S] = ids[r, a:a + S].clone()
+        w[r, b:b + S - 1] = 1.0  # position t predicts t+1: from the 2nd token of the repeat on
+    labels = torch.cat([ids[:, 1:], torch.zeros(B, 1, dtype=torch.long)], 1)
+    return ids, labels, w
+
+
+def heldout_sets(n_per: int = 32, seed: int = 99, ns=(1, 4, 16), hops=(1, 2)):
+    """Fixed held-out contexts (entities of the test split): {(n, hop): [Context]} with one question each."""
+    g = Generator(seed=seed, split="test")
+    return {(max(n, 2) if hop == 2 else n, hop): [g.context(max(n, 2) if hop == 2 else n, 1, hops=(hop,))
+                                                  for _ in range(n_per)] for hop in hops for n in ns}
+
+
+@torch.no_grad()
+def teacher_forced_em(model, pieces, sets, fmts=("rag", "doc", "kvi"), bs_tokens: int = 6000) -> dict:
+    """Teacher-forced exact match (every answer token and EOS is the argmax) per ``fmt/n<N>/h<hops>``: a cheap
+    proxy of greedy EM used during training; the benchmark (``kvi bench fidelity``) decodes for real."""
+    was = model.training
+    model.eval()
+    res = {}
+    for (n, hop), ctxs in sets.items():
+        for fmt in fmts:
+            exs = [encode(pieces, c.facts, c.questions, fmt) for c in ctxs]
+            ok, i = [], 0
+            while i < len(exs):
+                j, tok = i, 0
+                while j < len(exs) and (tok == 0 or tok + len(exs[j].ctx) + 40 <= bs_tokens):
+                    tok += len(exs[j].ctx) + 40
+                    j += 1
+                _, tf = forward_loss(model, collate(exs[i:j], pieces.pad), return_tf=True)
+                ok += tf
+                i = j
+            res[f"{fmt}/n{n}/h{hop}"] = sum(ok) / len(ok)
+    model.train(was)
+    return res
+
+
+def plot_losses(log: list[dict], path: Path) -> None:
+    from kvi_engine.utils.plotting import pyplot, save_png
+    plt = pyplot(str(path))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    ind = [r for r in log if "induction_step" in r]
+    qa = [r for r in log if "step" in r and "loss" in r]
+    if ind:
+        axes[0].plot([r["induction_step"] for r in ind], [r["loss"] for r in ind], label="induction warm-up loss")
+        axes[0].set_xlabel("induction step")
+        axes[0].legend()
+    if qa:
+        axes[1].plot([r["step"] for r in qa], [r["ema"] for r in qa], label="loss (EMA)")
+        axes[1].plot([r["step"] for r in qa], [r["ans_ema"] for r in qa], label="answer loss (EMA)")
+        axes[1].set_xlabel("QA step")
+        axes[1].set_yscale("log")
+        axes[1].legend()
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    fig.suptitle("reader training")
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def train(a) -> dict:
+    """Train one stage into ``a.out`` (checkpoint, tokenizer, log.jsonl, loss.png, train_info.json)."""
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kvi_engine.utils.plotting import plot_or_skip
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    random.seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict] = []
+    logf = open(out / "log.jsonl", "w")
+
+    def log(rec):
+        records.append(rec)
+        logf.write(json.dumps(rec) + "\n")
+        logf.flush()
+
+    t0 = time.time()
+    if a.init:
+        tok = AutoTokenizer.from_pretrained(a.init)
+        model = AutoModelForCausalLM.from_pretrained(a.init, dtype=torch.float32, attn_implementation="sdpa")
+    else:
+        tok = train_tokenizer(Generator(seed=a.seed + 1234), vocab_size=a.vocab, n_contexts=a.tokenizer_contexts)
+        model = AutoModelForCausalLM.from_config(make_config(tok, a), dtype=torch.float32,
+                                                 attn_implementation="sdpa")
+        if a.plant:
+            from kvi_engine.reader.plant import plant_previous_token_head
+            amp, nf = a.plant.split(",")
+            plant_previous_token_head(model, amp=float(amp), n_freq=int(nf))
+    pieces = Pieces(tok)
+    nparams = sum(p.numel() for p in model.parameters())
+    gen = Generator(seed=a.seed + (0 if a.stage == "base" else 555), split="train")
+    stream = Stream(gen, pieces, a, parse_mix(a.mix))
+    sets = heldout_sets(n_per=a.eval_n, ns=tuple(int(x) for x in a.eval_ns.split(",")))
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": a.wd}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8)
+
+    def lr_at(s):
+        if s < a.warmup:
+            return a.lr * (s + 1) / a.warmup
+        f = (s - a.warmup) / max(1, a.steps - a.warmup)
+        return a.lr * (a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, f))))
+
+    model.train()
+    times = {"setup_s": time.time() - t0}
+    t_train = time.time()
+    if a.induction_steps:
+        g = torch.Generator().manual_seed(a.seed)
+        bar = tqdm(range(a.induction_steps), desc="induction warm-up", unit="step")
+        for s_ in bar:
+            for g_ in opt.param_groups:
+                g_["lr"] = a.lr * min(1.0, (s_ + 1) / a.warmup)
+            ids, labels, w = induction_batch(g, len(tok), 3, 16, a.induction_len)
+            h = model.model(input_ids=ids).last_hidden_state
+            sel = w > 0
+            lg = model.lm_head(h[sel])
+            loss = torch.nn.functional.cross_entropy(lg, labels[sel])
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if s_ % 10 == 0 or s_ == a.induction_steps - 1:
+                acc = (lg.argmax(-1) == labels[sel]).float().mean().item()
+                log({"induction_step": s_, "loss": round(loss.item(), 4), "acc": round(acc, 3),
+                     "elapsed_s": round(time.time() - t_train, 1)})
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
+        times["induction_s"] = time.time() - t_train
+    tok_total, ema, aema, eval_s = 0, None, None, 0.0
+    bar = tqdm(range(a.steps), desc=f"{a.stage} QA training", unit="step")
+    step = -1
+    for step in bar:
+        for g_ in opt.param_groups:
+            g_["lr"] = lr_at(step)
+        batch, n, ntok = stream.batch(step, a.steps)
+        loss, _, aloss = forward_loss(model, batch, answer_loss=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tok_total += ntok
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        aema = aloss if aema is None else 0.95 * aema + 0.05 * aloss
+        bar.set_postfix(loss=f"{ema:.3f}", answer=f"{aema:.3f}", n=n)
+        if step % 10 == 0 or step == a.steps - 1:
+            log({"step": step, "loss": round(loss.item(), 4), "ema": round(ema, 4), "ans_ema": round(aema, 4),
+                 "n": n, "tokens": tok_total, "lr": lr_at(step), "gn": round(float(gn), 3),
+                 "elapsed_s": round(time.time() - t_train - eval_s, 1)})
+        last = step == a.steps - 1
+        out_of_time = a.max_minutes and time.time() - t_train - eval_s > a.max_minutes * 60
+        if (a.eval_every and step and step % a.eval_every == 0) or last or out_of_time:
+            te = time.time()
+            log({"step": step, "eval": teacher_forced_em(model, pieces, sets)})
+            model.save_pretrained(out, safe_serialization=True)
+            tok.save_pretrained(out, save_jinja_files=False)  # chat template inside tokenizer_config.json
+            eval_s += time.time() - te
+        if out_of_time:
+            break
+    times["train_s"] = time.time() - t_train - eval_s
+    times["total_s"] = time.time() - t0
+    args = {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    info = {"stage": a.stage, "args": args, "times": times, "steps": step + 1, "tokens": tok_total,
+            "params": nparams, "heldout_teacher_forced_em": next((r["eval"] for r in reversed(records)
+                                                                   if "eval" in r), {})}
+    (out / "train_info.json").write_text(json.dumps(info, indent=1))
+    logf.close()
+    plot_or_skip(plot_losses, records, out / "loss.png")
+    return info
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--stage", choices=("base", "adapt"), default="base")
+    p.add_argument("--out", default="out/reader")
+    p.add_argument("--init", default=None, help="checkpoint dir to start from (adapt stage, or to resume)")
+    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--batch-tokens", type=int, default=2048)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--min-lr-frac", type=float, default=0.1)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--wd", type=float, default=0.1)
+    p.add_argument("--mix", default="rag:0.5,doc:0.5", help="context formats and weights (adapt: add kvi:W)")
+    p.add_argument("--nmax", type=int, default=64)
+    p.add_argument("--nmax-start", type=int, default=4)
+    p.add_argument("--ramp", type=float, default=0.5, help="share of the steps over which n_max ramps up")
+    p.add_argument("--q-per-ctx", type=int, default=6)
+    p.add_argument("--p-two-hop", type=float, default=0.3)
+    p.add_argument("--q-weight", type=float, default=0.3)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--intermediate", type=int, default=768)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--rope-theta", type=float, default=10000.0)
+    p.add_argument("--vocab", type=int, default=4096)
+    p.add_argument("--tokenizer-contexts", type=int, default=6000, help="generated contexts the BPE is trained on")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-n", type=int, default=32)
+    p.add_argument("--eval-ns", default="1,4,16")
+    p.add_argument("--max-minutes", type=float, default=0, help="stop after this much training time (0: off)")
+    p.add_argument("--induction-steps", type=int, default=400, help="induction warm-up steps (base stage)")
+    p.add_argument("--induction-len", type=int, default=48)
+    p.add_argument("--plant", default="6,8", help="amp,n_freq of the planted previous-token head ('' = none)")

@@ -1,0 +1,142 @@
+"""The bundled reader: loads with plain HF classes, reads (RAG/KVI answer held-out facts, the plain model does not),
+its generator's names never occur in the sample corpus or the evaluation sets, and the fidelity harness gives every
+method the same questions, capsules and decoding."""
+import json
+import re
+
+import pytest
+import torch
+
+from kvi_engine.reader import reader_dir
+from kvi_engine.reader.generator import _FIXED, Generator, blocklist_sources, eval_data_dir, is_heldout
+from kvi_engine.reader.schema import RELATIONS
+
+
+@pytest.fixture(scope="module")
+def reader():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(1)
+    tok = AutoTokenizer.from_pretrained(reader_dir())
+    model = AutoModelForCausalLM.from_pretrained(reader_dir(), dtype=torch.float32).eval()
+    tok.padding_side = "left"
+    return model, tok
+
+
+def test_reader_loads_with_plain_hf_classes(reader):
+    model, tok = reader
+    files = [f for f in reader_dir().iterdir() if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 20 * 2**20
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md"} <= \
+        {f.name for f in files}
+    assert model.config.model_type == "llama" and 1e6 < sum(p.numel() for p in model.parameters()) < 2e7
+    cfg = json.loads((reader_dir() / "tokenizer_config.json").read_text())
+    assert "chat_template" in cfg  # the prompt template travels in the tokenizer config
+    text = tok.apply_chat_template([{"role": "user", "content": "Who founded Acme?"}], tokenize=False)
+    assert text == "<s>Question: Who founded Acme?\nAnswer:"
+    from kvi_engine.models.loading import load_model
+    m2, _, fallback = load_model("reader")
+    assert not fallback and m2.config.to_dict() == model.config.to_dict()
+
+
+def _names(ctx):
+    out = set()
+    for s, r, o in ctx.triples:
+        out.add(s)
+        if not (RELATIONS[r].name == "is_a" or o.isdigit()):
+            out.add(o)
+    return out
+
+
+@pytest.mark.parametrize("which", ["package data (sample corpus, KPR set)", "evaluation sets"])
+def test_generated_names_are_disjoint_from_the_corpora(which):
+    sources = blocklist_sources(include_eval=False) if which.startswith("package") else \
+        [p for p in blocklist_sources() if eval_data_dir() in p.parents]
+    if not sources:
+        pytest.skip(f"no evaluation sets under {eval_data_dir()} (KVI_EVAL_DATA)")
+    texts = [p.read_text(encoding="utf-8", errors="replace").lower() for p in sources]
+    words = {w for t in texts for w in re.findall(r"[^\W\d_]+", t)}
+    train, test = set(), set()
+    g_tr, g_te = Generator(seed=0, split="train"), Generator(seed=2024, split="test")
+    for i in range(200):
+        train |= _names(g_tr.context(1 + i % 64, 4, hops=(1, 2), p_two_hop=0.3))
+        test |= _names(g_te.context(1 + i % 64, 1, hops=(1, 2)))
+    names = train | test
+    bad = sorted({w for nm in names for w in re.findall(r"[A-Za-z]+", nm) if w.lower() not in _FIXED
+                  and w.lower() in words})
+    assert not bad, f"generated name words found in {which}: {bad[:10]}"
+    # every name has a generated word (the fixed ones are suffixes like "Biotech"), so no name occurs there whole
+    assert all(any(w.lower() not in _FIXED for w in re.findall(r"[A-Za-z]+", nm)) for nm in names)
+    assert not train & test and not [nm for nm in train if is_heldout(nm)]
+    assert all(is_heldout(nm) for nm in test)
+
+
+def test_reader_reads_held_out_facts_and_does_not_know_them(reader):
+    """A fixed handful of held-out questions (entities never generated for training), 4 facts each (1 relevant,
+    3 distractors): RAG and KVI answer from the facts; the plain model, without them, does not. Measured with the
+    shipped checkpoint: RAG 6/8, KVI 6/8, LLM 0/8 (the bounds leave one flip of margin for other CPUs' rounding)."""
+    from kvi_engine.benchmarks.fidelity import build_items, run_methods
+    from kvi_engine.eval.metrics import exact_match
+
+    model, tok = reader
+    items = build_items(8, ns=(4,), hops=(1,), seed=7)
+    runs = run_methods(model, tok, items, ("llm", "rag", "kvi"), max_new_tokens=12)
+    em = {m: sum(exact_match(p, [it["answer"]]) for p, it in zip(r["preds"], items)) for m, r in runs.items()}
+    assert em["rag"] >= 5, (em, runs["rag"]["preds"], [it["answer"] for it in items])
+    assert em["kvi"] >= 5, (em, runs["kvi"]["preds"])
+    assert em["llm"] <= 1, (em, runs["llm"]["preds"])
+    read = [i for i, it in enumerate(items) if all(exact_match(runs[m]["preds"][i], [it["answer"]]) for m in
+                                                   ("rag", "kvi")) and not exact_match(runs["llm"]["preds"][i],
+                                                                                       [it["answer"]])]
+    assert len(read) >= 4  # answered from the facts by both channels, and not from the weights
+
+
+def test_fidelity_harness_is_identical_across_methods(reader):
+    """Same questions, facts and decoding for every method; kv-prefix (the whole context compiled as one capsule)
+    generates exactly what a plain greedy generate over [BOS, context tokens, prompt tokens] does, and kvi with one
+    capsule exactly what kv-prefix does (independent references: HF generate on the concatenated ids)."""
+    from kvi_engine.benchmarks.fidelity import METHODS, build_items, run_methods, score_rows
+    from kvi_engine.query.prompts import qa_prompt
+
+    model, tok = reader
+    items = build_items(2, ns=(1, 4), hops=(1, 2), seed=3)
+    runs = run_methods(model, tok, items, METHODS, max_new_tokens=6)
+    assert set(runs) == set(METHODS) and all(len(r["preds"]) == len(items) for r in runs.values())
+    rows = score_rows(items, runs)
+    assert {(r["method"], r["capsules"], r["hops"]) for r in rows} == \
+        {(m, n, h) for m in METHODS for n, h in ((1, 1), (4, 1), (2, 2), (4, 2))}
+    for i, it in enumerate(items):
+        ctx = tok(" ".join(it["facts"]), add_special_tokens=False).input_ids
+        prompt = tok(qa_prompt(it["question"]), add_special_tokens=False).input_ids
+        ids = torch.tensor([[tok.bos_token_id] + ctx + prompt])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+        want = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        assert runs["kv-prefix"]["preds"][i] == want, (i, it["question"])
+        if it["n"] == 1:
+            assert runs["kvi"]["preds"][i] == runs["kv-prefix"]["preds"][i] == runs["kvi-parallel"]["preds"][i]
+
+
+def test_train_reader_is_seeded_and_writes_checkpoint_curve_and_card(tmp_path):
+    """``kvi train-reader`` on a toy size: a loadable checkpoint, log, loss PNG and model card per stage (base, then
+    adapted); two runs with one seed log the same losses."""
+    from transformers import AutoModelForCausalLM
+
+    from kvi_engine.cli import main as cli
+
+    def run(out):
+        args = ["train-reader", "--out", str(out), "--steps", "3", "--induction-steps", "2", "--hidden", "32",
+                "--intermediate", "64", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "400",
+                "--tokenizer-contexts", "60", "--batch-tokens", "256", "--eval-n", "2", "--eval-ns", "1",
+                "--eval-every", "0", "--adapt-steps", "2", "--seed", "5"]
+        assert cli.main(args) == 0
+        return [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+
+    a, b = run(tmp_path / "a"), run(tmp_path / "b")
+    strip = lambda log: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in log]  # noqa: E731
+    assert strip(a) == strip(b) and any("eval" in r for r in a)
+    for d in (tmp_path / "a", tmp_path / "a-adapted"):
+        assert {"model.safetensors", "tokenizer.json", "README.md", "loss.png", "train_info.json"} <= \
+            {f.name for f in d.iterdir()}
+        AutoModelForCausalLM.from_pretrained(d)
+    card = (tmp_path / "a-adapted" / "README.md").read_text()
+    assert "stage `base`" in card and "stage `adapt`" in card and "parameters" in card
