@@ -115,10 +115,9 @@ def test_pool_tables_rebuild_after_an_eviction_moves_the_plan_capsules(tmp_path)
     evicted them and they came back elsewhere."""
     import numpy as np
 
+    from kvi_engine.compile.compiler import compile_bank
     from kvi_engine.plan.plan import build_plan
     from kvi_engine.plan.tables import pool_tables
-
-    from kvi_engine.compile.compiler import compile_bank
     from kvi_engine.testing.helpers import CAPSULES, ENTITIES, model, tokenizer
 
     bank = compile_bank(model("llama", True), tokenizer(True), CAPSULES, tmp_path / "b", quant="int8",
