@@ -1,7 +1,6 @@
 """Distributed ingestion on a local Ray cluster against single-process build_assets: the sample corpus, a slice of
 real documents with open extraction, and a corpus built so that shards disagree with each other."""
 import functools
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,6 @@ from kvi_engine.ingest import RuleExtractor, build_assets, load_documents
 from kvi_engine.ingest.documents import Document
 from kvi_engine.utils.paths import sample_dir
 
-REAL = Path("/work/shared/data/2wikimultihopqa_dev200/docs.jsonl")
 OPEN = functools.partial(RuleExtractor, require_known_entities=False)   # unknown arguments become new entities
 
 
@@ -43,9 +41,10 @@ def test_shards_that_disagree_merge_as_one_process(ray_cluster):
     same(distributed.build_assets(docs, [], make_extractor=OPEN, shard_docs=1, progress=False), want)
 
 
-@pytest.mark.skipif(not REAL.is_file(), reason=f"real documents not on this machine ({REAL})")
 def test_real_documents_open_extraction(ray_cluster):
-    docs = load_documents(REAL)[:400]
+    from kvi_engine.testing import realdata
+
+    docs = load_documents(realdata.shared_set("2wikimultihopqa_dev200") / "docs.jsonl")[:400]
     ents = [Entity(d.title) for d in docs if d.title]
     want = build_assets(docs, ents, OPEN(ents))
     assert len(want.capsules) > 100 and len(want.entities) > len(set(ents))

@@ -45,7 +45,7 @@ text), {infos[-1]['params'] / 1e6:.2f}M parameters, {size / 2**20:.1f} MiB on di
 
 ## Data
 Seeded synthetic worlds (`kvi_engine.reader.generator`): random syllable-word entities (disjoint from the sample
-corpus and the evaluation sets under /work/shared/data: `kvi_engine/reader/blocklist.txt`; held-out entities by a
+corpus and the evaluation sets under ../shared/data: `kvi_engine/reader/blocklist.txt`; held-out entities by a
 hash of the name, never generated for training), facts rendered with the statement templates of
 `kvi_engine.reader.schema` (every sample-corpus relation and more), questions in several phrasings, 1-hop and
 2-hop (two chained facts), distractor facts in most contexts; 1..64 facts per context.

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvi_engine.reader.schema import ARTICLE_TYPES, RELATIONS, TYPE_WORD
+from kvi_engine.utils.paths import SHARED_SETS, shared_data_dir
 
 HERE = Path(__file__).parent
 BLOCKLIST_FILE = HERE / "blocklist.txt"
@@ -355,13 +356,13 @@ def build_blocklist(paths) -> set:
     return words
 
 
-EVAL_SETS = ("2wikimultihopqa_dev200", "musique_ans_dev100", "pubmedqa_pqal")
-
-
-def eval_data_dir() -> Path:
-    """Where the real evaluation sets live (``KVI_EVAL_DATA``, default /work/shared/data); read in place."""
-    import os
-    return Path(os.environ.get("KVI_EVAL_DATA", "/work/shared/data"))
+def eval_data_dir() -> Path | None:
+    """Where the real evaluation sets live (:func:`kvi_engine.utils.paths.shared_data_dir`: ``KVI_SHARED_DATA`` or
+    ``../shared/data``); ``None`` where they are not on this machine. Read in place."""
+    try:
+        return shared_data_dir()
+    except FileNotFoundError:
+        return None
 
 
 def blocklist_sources(include_eval: bool = True) -> list[Path]:
@@ -369,10 +370,10 @@ def blocklist_sources(include_eval: bool = True) -> list[Path]:
     present, the evaluation sets' docs and questions."""
     data = Path(__file__).resolve().parent.parent / "data"
     out = sorted(data.glob("**/*.jsonl")) + sorted(data.glob("**/*.md"))
-    if include_eval:
-        for d in EVAL_SETS:
-            out += [p for p in (eval_data_dir() / d / "docs.jsonl", eval_data_dir() / d / "questions.jsonl")
-                    if p.is_file()]
+    root = eval_data_dir() if include_eval else None
+    if root is not None:
+        for d in SHARED_SETS:
+            out += [p for p in (root / d / "docs.jsonl", root / d / "questions.jsonl") if p.is_file()]
     return out
 
 
