@@ -18,21 +18,8 @@ PROMPTS = ["Which disease does SFTSV cause, and how is it spread?",
            "Context: the institute was founded by whom?"]
 
 
-def hf_greedy(model, bank, ids, prompt, steps=STEPS) -> tuple[list[int], list[float]]:
-    """Greedy tokens and their logprobs under ``kvi.inject`` (a full forward per step: no cache to get wrong)."""
-    seq, toks, lps = list(prompt), [], []
-    with kvi.inject(model, bank, [list(ids)]), torch.no_grad():
-        for _ in range(steps):
-            lp = model(input_ids=torch.tensor([seq])).logits[0, -1].float().log_softmax(-1)
-            t = int(lp.argmax())
-            toks.append(t)
-            lps.append(float(lp[t]))
-            seq.append(t)
-    return toks, lps
-
-
-def hf_plain_greedy(model, prompt, steps=STEPS) -> tuple[list[int], list[float]]:
-    """The same without injection: what vLLM computes for a plain prompt."""
+def _greedy(model, prompt, steps) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their logprobs, a full forward per step: no cache to get wrong."""
     seq, toks, lps = list(prompt), [], []
     with torch.no_grad():
         for _ in range(steps):
@@ -42,6 +29,17 @@ def hf_plain_greedy(model, prompt, steps=STEPS) -> tuple[list[int], list[float]]
             lps.append(float(lp[t]))
             seq.append(t)
     return toks, lps
+
+
+def hf_greedy(model, bank, ids, prompt, steps=STEPS) -> tuple[list[int], list[float]]:
+    """Greedy tokens and their logprobs under ``kvi.inject``."""
+    with kvi.inject(model, bank, [list(ids)]):
+        return _greedy(model, prompt, steps)
+
+
+def hf_plain_greedy(model, prompt, steps=STEPS) -> tuple[list[int], list[float]]:
+    """The same without injection: what vLLM computes for a plain prompt."""
+    return _greedy(model, prompt, steps)
 
 
 def run_vllm(llm, prompts, params) -> list[dict]:
