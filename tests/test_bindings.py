@@ -117,6 +117,11 @@ def cases():
                                                                k["allowed"], 1, -1, -1, 1),
            dict(seeds=np.array([0, 1], np.int64), seeds_indptr=np.array([0, 1, 2], np.int64), max_hops=2,
                 allowed=np.ones((1, 2), np.uint8)))
+    mutate("ppr", lambda **k: _core.ppr(**k),  # two sentences, two entities, three mentions
+           dict(s_indptr=np.array([0, 2, 3], np.int64), s_entities=np.array([0, 1, 1], np.int32),
+                s_weight=np.ones(3, np.float32), e_indptr=np.array([0, 1, 3], np.int64),
+                e_sentences=np.array([0, 0, 1], np.int32), e_weight=np.ones(3, np.float32),
+                reset_s=np.array([1, 0], np.float32), reset_e=np.zeros(2, np.float32), restart=0.5, iterations=10))
     norm = native_normalizer()
     mutate("Linker", lambda **k: _core.Linker(norm, k["blob"], k["offsets"], k["entity_ids"], k["priors"]),
            dict(blob=b"abcd", offsets=np.array([0, 2, 4], np.int64), entity_ids=np.array([0, 1], np.int64),
