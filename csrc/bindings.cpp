@@ -513,6 +513,50 @@ static void bind_attention(py::module_& m) {
         "The unfused path's gather, fused (GIL released): writes every visible slot's key, dequantised and rotated by "
         "cos/sin [B, slots, D/2], and value into out_k/out_v [B, kv_heads, slots, D] float32; bank and table "
         "arguments as prefix_attention's.");
+    m.def(
+        "decode_attention",
+        [](py::array query, py::array inj_k, py::array inj_v, py::array inj_valid, py::array own_k, py::array own_v,
+           std::optional<py::array> own_mask, py::array out, py::array lse, double scale,
+           std::optional<py::array> segment, std::optional<py::array> seg_lse, int64_t num_threads) {
+            if (query.ndim() != 4 || inj_k.ndim() != 4 || own_k.ndim() != 4)
+                throw std::invalid_argument("query, inj_k and own_k must be 4-D [batch, heads, len, head_dim]");
+            if (!out.writeable() || !lse.writeable()) throw std::invalid_argument("out and lse must be writeable");
+            if (segment.has_value() != seg_lse.has_value())
+                throw std::invalid_argument("segment and seg_lse go together");
+            kvi::attn::DecodeProblem p;
+            p.batch = query.shape(0), p.q_heads = query.shape(1), p.q_len = query.shape(2), p.head_dim = query.shape(3);
+            p.kv_heads = inj_k.shape(1), p.slots = inj_k.shape(2), p.kv_len = own_k.shape(2);
+            const int64_t B = p.batch, Hq = p.q_heads, H = p.kv_heads, Q = p.q_len, D = p.head_dim;
+            p.query = nd_data<float>(query, "query", {B, Hq, Q, D});
+            p.inj_k = nd_data<float>(inj_k, "inj_k", {B, H, p.slots, D});
+            p.inj_v = nd_data<float>(inj_v, "inj_v", {B, H, p.slots, D});
+            p.inj_valid = nd_data<uint8_t>(inj_valid, "inj_valid", {B, p.slots});
+            p.own_k = nd_data<float>(own_k, "own_k", {B, H, p.kv_len, D});
+            p.own_v = nd_data<float>(own_v, "own_v", {B, H, p.kv_len, D});
+            if (own_mask) p.own_mask = nd_data<uint8_t>(*own_mask, "own_mask", {B, Q, p.kv_len});
+            p.out = const_cast<float*>(nd_data<float>(out, "out", {B, Hq, Q, D}));
+            p.lse = const_cast<float*>(nd_data<float>(lse, "lse", {B, Hq, Q}));
+            if (segment) {
+                if (seg_lse->ndim() != 4) throw std::invalid_argument("seg_lse must be 4-D [batch, q_heads, q_len, segments]");
+                if (!seg_lse->writeable()) throw std::invalid_argument("seg_lse must be writeable");
+                p.segments = seg_lse->shape(3);
+                p.segment = nd_data<int32_t>(*segment, "segment", {B, p.slots});
+                p.seg_lse = const_cast<float*>(nd_data<float>(*seg_lse, "seg_lse", {B, Hq, Q, p.segments}));
+            }
+            p.scale = static_cast<float>(scale);
+            py::gil_scoped_release nogil;
+            kvi::attn::split_decode(p, static_cast<int>(num_threads));
+        },
+        py::arg("query").noconvert(), py::arg("inj_k").noconvert(), py::arg("inj_v").noconvert(),
+        py::arg("inj_valid").noconvert(), py::arg("own_k").noconvert(), py::arg("own_v").noconvert(),
+        py::arg("own_mask").noconvert(), py::arg("out").noconvert(), py::arg("lse").noconvert(), py::arg("scale"),
+        py::arg("segment").noconvert() = py::none(), py::arg("seg_lse").noconvert() = py::none(),
+        py::arg("num_threads") = 0,
+        "Decode attention over float32 injected K/V already gathered and rotated (GIL released): query "
+        "[B, Hq, Q, D] attends to inj_k/inj_v [B, Hkv, S, D] where inj_valid [B, S] (uint8) and to own_k/own_v "
+        "[B, Hkv, T, D] (own_mask [B, Q, T] uint8, or None: causal) as one softmax; writes out [B, Hq, Q, D] and "
+        "lse [B, Hq, Q] in place, and with segment [B, S] int32 (-1: none) the log-sum-exp over each segment into "
+        "seg_lse [B, Hq, Q, n].");
 }
 
 // ----------------------------------------------------------------------------------------------- quant

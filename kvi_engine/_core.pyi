@@ -99,3 +99,13 @@ def prefix_gather(bank_k: np.ndarray, bank_v: np.ndarray, bank_format: str, pref
                   num_threads: int = 0) -> None:
     """Writes every visible slot's key (dequantised, rotated) and value into out_k/out_v [B, Hkv, slots, D] float32
     in place; other slots are left as they are. Bank and table arguments as prefix_attention's."""
+
+def decode_attention(query: npt.NDArray[np.float32], inj_k: npt.NDArray[np.float32], inj_v: npt.NDArray[np.float32],
+                     inj_valid: npt.NDArray[np.uint8], own_k: npt.NDArray[np.float32],
+                     own_v: npt.NDArray[np.float32], own_mask: npt.NDArray[np.uint8] | None,
+                     out: npt.NDArray[np.float32], lse: npt.NDArray[np.float32], scale: float,
+                     segment: npt.NDArray[np.int32] | None = None, seg_lse: npt.NDArray[np.float32] | None = None,
+                     num_threads: int = 0) -> None:
+    """Writes out [B, Hq, Q, D] and lse [B, Hq, Q] in place: query attends to the gathered, rotated injected K/V
+    [B, Hkv, S, D] (inj_valid [B, S]) and its own K/V [B, Hkv, T, D] (own_mask [B, Q, T], None: causal) as one
+    softmax; with segment [B, S] (-1: none) also seg_lse [B, Hq, Q, n], the log-sum-exp over each segment."""

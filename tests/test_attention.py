@@ -327,3 +327,86 @@ def test_capsule_lse_gives_each_capsules_attention_mass(backend, q_len):
                 got = torch.exp(seg[r, :, :, i].double() - lse[r].double())
                 assert_close(got, want, 1e-5, f"{backend} mass of segment {i}, row {r}, layer {layer}")
             assert (seg[r, :, :, len(bounds):] == float("-inf")).all()  # no capsule there: empty segment
+
+
+def _explicit_decode(q, k_inj, v_inj, valid, own_k, own_v, own, segments):
+    """Float64 softmax over [injected | own] keys with repeated KV heads: out, lse and per-segment lse."""
+    B, Hq, Q, D = q.shape
+    g = Hq // k_inj.shape[1]
+    keys = torch.cat([k_inj, own_k], 2).repeat_interleave(g, 1).double()
+    vals = torch.cat([v_inj, own_v], 2).repeat_interleave(g, 1).double()
+    T = own_k.shape[2]
+    if own is None:
+        own = (torch.arange(T)[None, :] <= torch.arange(Q)[:, None] + T - Q).expand(B, Q, T)
+    seen = torch.cat([valid[:, None, :].expand(B, Q, -1), own], -1)[:, None]
+    scores = ((q.double() @ keys.transpose(-1, -2)) / D ** 0.5).masked_fill(~seen, float("-inf"))
+    lse = torch.logsumexp(scores, -1)
+    out = torch.nan_to_num(torch.softmax(scores, -1)) @ vals
+    seg = torch.logsumexp(scores[..., :k_inj.shape[2], None] + torch.log(segments.double())[:, None, None], -2)
+    return out, lse, seg
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("shape", [(1, 12, 4, 1, 300, 9, 64), (3, 8, 2, 1, 17, 5, 16), (2, 4, 4, 3, 9, 6, 12),
+                                   (2, 7, 1, 2, 0, 4, 32), (2, 6, 3, 1, 5, 1, 8)])
+def test_decode_attention_against_explicit_softmax(backend, shape):
+    """Op decode_attention (the decode step over the plan's gathered KV): its PyTorch twin and the C++ kernel
+    against a float64 softmax -- GQA groups 1..7, head dims on the 4- and 8-wide paths (12 takes 4-wide), several
+    query tokens, key counts that are not a multiple of the vector width, masked slots, a row that sees nothing, own
+    masks given and causal, per-segment log-sum-exp with slots in no segment."""
+    B, Hq, H, Q, S, T, D = shape
+    g = torch.Generator().manual_seed(sum(shape))
+    q = torch.randn(B, Hq, Q, D, generator=g) * 2
+    k_inj, v_inj = torch.randn(B, H, S, D, generator=g), torch.randn(B, H, S, D, generator=g)
+    own_k, own_v = torch.randn(B, H, T, D, generator=g), torch.randn(B, H, T, D, generator=g)
+    valid = torch.rand(B, S, generator=g) > 0.3
+    which = torch.randint(-1, 4, (B, S), generator=g)
+    segments = torch.zeros(B, S, 4)
+    segments[which >= 0] = torch.nn.functional.one_hot(which[which >= 0], 4).float()
+    _, fn = dispatch.select("decode_attention", backend)
+    for own in (None, torch.rand(B, Q, T, generator=g) > 0.4):
+        if own is not None and B > 1:
+            own[0], valid[0] = False, False  # row 0 sees nothing: zeros out, -inf lse
+        out, lse, seg = fn(q, k_inj, v_inj, valid, own_k, own_v, own, None, segments)
+        want_out, want_lse, want_seg = _explicit_decode(q, k_inj, v_inj, valid, own_k, own_v, own, segments)
+        assert out.dtype == torch.float32 and out.shape == want_out.shape
+        assert_close(out, want_out.float(), 2e-5, f"{backend} out")
+        assert torch.equal(torch.isinf(lse), torch.isinf(want_lse)) and torch.equal(torch.isinf(seg),
+                                                                                     torch.isinf(want_seg))
+        for got, want, what in ((lse, want_lse, "lse"), (seg, want_seg, "segment lse")):
+            fin = torch.isfinite(want)
+            if fin.any():  # (no key at all: nothing finite to compare)
+                assert_close(got[fin], want[fin].float(), 1e-5, f"{backend} {what}")
+        none = fn(q, k_inj, v_inj, valid, own_k, own_v, own, None, None)
+        assert none[2] is None and torch.equal(none[0], out)
+
+
+@pytest.mark.parametrize("decode", ["reference", "cpp"])
+def test_decode_steps_of_both_decode_backends_equal_the_oracle(decode, monkeypatch):
+    """Through prefix_attention (the "sdpa" backend's decode step over the plan's gathered KV), every bank format's
+    layers, with padding, a fully padded row and ragged capsule lists."""
+    monkeypatch.setenv("KVI_BACKEND_DECODE_ATTENTION", decode)
+    for scheme in ("fp32", "int4"):
+        bank = bank_for("d64_gqa4", scheme)
+        plan = build_plan(bank, rows(bank, 6))
+        m, q, k, v = inputs("d64_gqa4", bank, 6, 1, 7)
+        check("sdpa", bank, plan, q, k, v, padded_mask(6, 1, 7), m)
+
+
+def test_decode_attention_cpp_rejects_bad_input():
+    f = lambda *s: torch.randn(*s).numpy()  # noqa: E731
+    args = dict(query=f(1, 4, 1, 8), inj_k=f(1, 2, 3, 8), inj_v=f(1, 2, 3, 8), inj_valid=torch.ones(1, 3).byte().numpy(),
+                own_k=f(1, 2, 2, 8), own_v=f(1, 2, 2, 8), own_mask=None, out=f(1, 4, 1, 8), lse=f(1, 4, 1), scale=0.3)
+    _core.decode_attention(**args)
+    with pytest.raises(ValueError, match="segment index 4 at slot 1 of row 0"):
+        _core.decode_attention(**args, segment=torch.tensor([[0, 4, -1]], dtype=torch.int32).numpy(),
+                               seg_lse=f(1, 4, 1, 2))
+    with pytest.raises(ValueError, match="multiple of kv_heads"):
+        _core.decode_attention(**{**args, "query": f(1, 3, 1, 8), "out": f(1, 3, 1, 8), "lse": f(1, 3, 1)})
+    with pytest.raises(ValueError, match="head_dim must be a positive multiple of 4"):
+        _core.decode_attention(**{**{k: v for k, v in args.items()}, **{n: f(*a.shape[:-1], 6) for n, a in args.items()
+                                  if n in ("query", "inj_k", "inj_v", "own_k", "own_v", "out")}})
+    with pytest.raises(ValueError, match=r"inj_v: expected shape \[1, 2, 3, 8\], got \[1, 2, 4, 8\]"):
+        _core.decode_attention(**{**args, "inj_v": f(1, 2, 4, 8)})
+    with pytest.raises(ValueError, match="go together"):
+        _core.decode_attention(**args, segment=torch.zeros(1, 3, dtype=torch.int32).numpy())

@@ -87,8 +87,9 @@ def array_mutations(a: np.ndarray):
 # Arguments whose every value is valid: codes and float-format KV (any bit pattern decodes), masks (non-zero is
 # visible), linker entity ids (a payload returned as given), a hop limit (the graph bounds the walk), and the group
 # size a float format ignores. Every other integer argument is an index or a count, checked against its range.
-VALUE_ARGS = {"codes", "bank_k", "bank_v", "visible", "allowed", "entity_ids", "max_hops",
-              ("prefix_attention fp16", "group_size")}
+VALUE_ARGS = {"codes", "bank_k", "bank_v", "visible", "allowed", "entity_ids", "max_hops", "inj_valid", "own_mask",
+              ("prefix_attention fp16", "group_size"),
+              ("decode_attention", "segment")}  # -1 (no segment) is valid; its range check has its own test
 REJECTED = "rejected"  # any of ALLOWED, never "ok"
 
 
@@ -143,6 +144,13 @@ def cases():
                      bank_format="fp16", k_scale=None, v_scale=None)
         mutate(f"prefix_attention {fmt}", lambda **k: _core.prefix_attention(**k), a)
     mutate("prefix_gather int8", lambda **k: _core.prefix_gather(**k), gather_args())
+    rng = np.random.default_rng(1)
+    f = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    mutate("decode_attention", lambda **k: _core.decode_attention(**k),
+           dict(query=f(2, 4, 1, 16), inj_k=f(2, 2, 5, 16), inj_v=f(2, 2, 5, 16), inj_valid=np.ones((2, 5), np.uint8),
+                own_k=f(2, 2, 3, 16), own_v=f(2, 2, 3, 16), own_mask=np.ones((2, 1, 3), np.uint8),
+                out=np.zeros((2, 4, 1, 16), np.float32), lse=np.zeros((2, 4, 1), np.float32), scale=0.25,
+                segment=np.zeros((2, 5), np.int32), seg_lse=np.zeros((2, 4, 1, 3), np.float32)))
     bad_dim = attention_args("int4", D=16)
     out.append(("prefix_attention int4 group 3", lambda **k: _core.prefix_attention(**k),
                 {**bad_dim, "group_size": 3}, "ValueError"))

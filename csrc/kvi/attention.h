@@ -220,9 +220,38 @@ constexpr int64_t kBlock = 64;       // slots per block: kT is head_dim x kBlock
 constexpr int64_t kRowsTarget = 192;  // query rows (group x tile) sharing one pass over the keys
 constexpr int64_t kRowBlock = 4;     // rows per micro-kernel step (row counts are padded to a multiple)
 
+// Decode-step attention over float K/V already gathered and rotated (the plan's copy): query rows attend to the
+// injected keys [batch, kv_heads, slots, head_dim] (inj_valid [batch, slots]) and then to their own keys [batch,
+// kv_heads, kv_len, head_dim] (own_mask [batch, q_len, kv_len], or causal: query i sees own keys up to
+// kv_len - q_len + i), as one softmax. segment [batch, slots] (-1: none) names each injected slot's segment; with
+// segments > 0 the log-sum-exp over each segment goes to seg_lse [batch, q_heads, q_len, segments] (attribution).
+struct DecodeProblem {
+    int64_t batch = 0, q_heads = 0, kv_heads = 0, q_len = 0, head_dim = 0, slots = 0, kv_len = 0, segments = 0;
+    const float* query = nullptr;
+    const float* inj_k = nullptr;
+    const float* inj_v = nullptr;
+    const uint8_t* inj_valid = nullptr;
+    const float* own_k = nullptr;
+    const float* own_v = nullptr;
+    const uint8_t* own_mask = nullptr;
+    const int32_t* segment = nullptr;
+    float scale = 1.0f;
+    float* out = nullptr;      // [batch, q_heads, q_len, head_dim]
+    float* lse = nullptr;      // [batch, q_heads, q_len]
+    float* seg_lse = nullptr;  // [batch, q_heads, q_len, segments]
+};
+
 namespace v4 {
 constexpr int kW = 4;
 #include "kvi/attention_kernel.h"
+// Lane c of the result is the sum of the lanes of a[c] (kW vectors -> one): pairwise shuffles and adds instead of
+// a horizontal sum per vector (decode scores of kW keys at once).
+inline vf reduce_lanes(const vf* a) {
+    const vf t0 = __builtin_shufflevector(a[0], a[1], 0, 4, 2, 6) + __builtin_shufflevector(a[0], a[1], 1, 5, 3, 7);
+    const vf t1 = __builtin_shufflevector(a[2], a[3], 0, 4, 2, 6) + __builtin_shufflevector(a[2], a[3], 1, 5, 3, 7);
+    return __builtin_shufflevector(t0, t1, 0, 1, 4, 5) + __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
+}
+#include "kvi/decode_kernel.h"
 }  // namespace v4
 
 #if defined(__GNUC__) && defined(__x86_64__)
@@ -232,6 +261,18 @@ constexpr int kW = 4;
 namespace v8 {
 constexpr int kW = 8;
 #include "kvi/attention_kernel.h"
+inline vf reduce_lanes(const vf* a) {  // as v4's, three rounds
+    vf t[4], u[2];
+    for (int i = 0; i < 4; ++i)
+        t[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+    for (int i = 0; i < 2; ++i)
+        u[i] = __builtin_shufflevector(t[2 * i], t[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               __builtin_shufflevector(t[2 * i], t[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    return __builtin_shufflevector(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+           __builtin_shufflevector(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+#include "kvi/decode_kernel.h"
 }  // namespace v8
 #pragma GCC pop_options
 #endif
@@ -320,6 +361,28 @@ inline void prefix_attention(const Problem& p, int threads) {
     if (p.vector_width != 4 && use_avx2(p.head_dim)) return v8::run(p, threads);
 #endif
     v4::run(p, threads);
+}
+
+// Decode attention (split_decode_run): 8-wide where AVX2+FMA run and head_dim % 8 == 0, else 4-wide.
+inline void split_decode(const DecodeProblem& p, int threads) {
+    auto fail = [](const std::string& m) { throw std::invalid_argument("decode_attention: " + m); };
+    if (p.batch < 0 || p.q_heads <= 0 || p.kv_heads <= 0 || p.q_len < 0 || p.slots < 0 || p.kv_len < 0 ||
+        p.segments < 0)
+        fail("negative or zero sizes");
+    if (p.q_heads % p.kv_heads) fail("q_heads must be a multiple of kv_heads");
+    if (p.head_dim <= 0 || p.head_dim % 4) fail("head_dim must be a positive multiple of 4");
+    if (p.segments && !p.segment) fail("segments > 0 needs the segment table");
+    if (p.segments && !p.seg_lse) fail("segments > 0 needs seg_lse");
+    if (p.batch == 0 || p.q_len == 0) return;
+    if (p.segments)
+        for (int64_t i = 0; i < p.batch * p.slots; ++i)
+            if (p.segment[i] < -1 || p.segment[i] >= p.segments)
+                fail("segment index " + std::to_string(p.segment[i]) + " at slot " + std::to_string(i % p.slots) +
+                     " of row " + std::to_string(i / p.slots) + " is outside [-1, " + std::to_string(p.segments) + ")");
+#ifdef KVI_ATTN_AVX2
+    if (use_avx2(p.head_dim)) return v8::split_decode_run(p, threads);
+#endif
+    v4::split_decode_run(p, threads);
 }
 
 }  // namespace kvi::attn

@@ -16,6 +16,7 @@ import os
 import torch
 
 from kvi_engine import dispatch
+from kvi_engine.attention import split  # noqa: F401  (registers op decode_attention)
 from kvi_engine.attention.cpp import prefix_attention_cpp
 from kvi_engine.attention.reference import reference, sdpa, segment_lse
 from kvi_engine.plan.gather import injected_kv
@@ -81,7 +82,12 @@ def prefix_attention(query, own_k, own_v, own_mask, plan, layer, model, scaling=
     """``(out, lse)`` (lse None unless ``return_lse``, for backends that skip it); with ``capsule_lse``
     ``(out, lse, capsule_lse)``: the PyTorch backends compute the per-segment lse from their own scores, the fused
     kernels get it from :func:`injected_lse` (one more pass over the injected keys)."""
-    name, fn = select(query.device, backend, plan, query.shape[2])
+    # Chosen once per plan and call shape (prefill / decode): the choice depends on the plan, the device and the
+    # environment, none of which changes while a plan serves, and decode asks 12+ times a token.
+    q1 = query.shape[2] == 1
+    name, fn = (select(query.device, backend, plan, query.shape[2]) if plan is None else
+                plan.cached(("backend", str(query.device), backend, q1),
+                            lambda: select(query.device, backend, plan, query.shape[2])))
     if not capsule_lse:
         return fn(query, own_k, own_v, own_mask, plan, layer, model, scaling, return_lse=return_lse)
     if name in ("reference", "sdpa"):

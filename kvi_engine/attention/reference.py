@@ -74,17 +74,19 @@ def reference(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, r
 
 def sdpa(query, own_k, own_v, own_mask, plan, layer, model, scaling=None, return_lse=False, capsule_lse=False):
     """Over the plan's gathered injected KV (gathered once, reused by every decode step), in the activation dtype.
-    Decode steps (one query token) run :func:`~kvi_engine.attention.split.split_attention`: the injected part and
-    the own part as two partial attentions merged through their log-sum-exp, which copies nothing per step and
-    gives the lse (and per-capsule lse) for free. Longer queries run torch SDPA over the concatenated KV; SDPA
+    Decode steps (one query token) run op ``decode_attention`` (:mod:`kvi_engine.attention.split`; C++ for float32
+    on the CPU): the injected part and the own part as one softmax over two key sets, which copies nothing per step
+    and gives the lse (and per-capsule lse) for free. Longer queries run torch SDPA over the concatenated KV; SDPA
     returns no log-sum-exp, so there ``return_lse`` / ``capsule_lse`` defer to the oracle."""
-    from kvi_engine.attention.split import split_attention
+    from kvi_engine.attention.split import decode_backend
 
     k_inj, v_inj, slot_valid = injected_kv(plan, layer, model, own_k.dtype, own_k.device)
     if query.shape[2] == 1:
         own = own_visibility(own_mask, query.shape[0], 1, own_k.shape[2])
-        out, lse, seg = split_attention(query, k_inj, v_inj, slot_valid, own_k, own_v, own, scaling,
-                                        plan.segments(query.device) if capsule_lse else None)
+        _, decode = plan.cached(("decode_attention", query.dtype, str(query.device)),
+                                lambda: decode_backend(query.dtype, query.device))
+        out, lse, seg = decode(query, k_inj, v_inj, slot_valid, own_k, own_v, own, scaling,
+                               plan.segments(query.device) if capsule_lse else None)
         return (out, lse, seg) if capsule_lse else (out, lse)
     if return_lse or capsule_lse:
         return reference(query, own_k, own_v, own_mask, plan, layer, model, scaling, True, capsule_lse)

@@ -13,6 +13,10 @@ import math
 
 import torch
 
+from kvi_engine import dispatch
+
+OP = "decode_attention"
+
 
 def _bias(visible: torch.Tensor, dtype) -> torch.Tensor:
     """Additive mask: 0 where visible, -inf elsewhere."""
@@ -49,3 +53,27 @@ def split_attention(query, k_inj, v_inj, inj_valid, own_k, own_v, own_visible, s
     if segments is not None:
         seg = (m + torch.log(torch.matmul(e[..., :S], segments.to(dtype).unsqueeze(1)))).reshape(B, Hq, Q, -1)
     return out.reshape(B, Hq, Q, D).to(query.dtype), lse, seg
+
+
+def decode_backend(dtype: torch.dtype, device) -> tuple[str, object]:
+    """``(name, fn)`` of op ``decode_attention`` for activations of ``dtype`` on ``device``: the C++ kernel for
+    float32 on the CPU, this module's PyTorch twin (:func:`split_attention`, also its oracle) elsewhere; ``fn``
+    takes :func:`split_attention`'s arguments."""
+    prefer = None if dtype == torch.float32 else "reference"  # the C++ kernel is float32 only
+    return dispatch.select(OP, device=device, prefer=prefer)
+
+
+def decode_attention(query, k_inj, v_inj, inj_valid, own_k, own_v, own_visible, scaling=None, segments=None):
+    """:func:`split_attention` by the backend :func:`decode_backend` picks."""
+    _, fn = decode_backend(query.dtype, query.device)
+    return fn(query, k_inj, v_inj, inj_valid, own_k, own_v, own_visible, scaling, segments)
+
+
+def _cpp(*args, **kwargs):
+    from kvi_engine.attention.cpp import decode_attention_cpp
+    return decode_attention_cpp(*args, **kwargs)
+
+
+dispatch.register(OP, "reference", split_attention, devices=dispatch.ANY)
+dispatch.register(OP, "cpp", _cpp, devices=("cpu",), available=lambda: dispatch.core_has("decode_attention"),
+                  why_not="kvi_engine._core lacks decode_attention (rebuild the extension)")

@@ -1,0 +1,136 @@
+// The decode kernel body, included by kvi/attention.h inside namespace v4 / v8 after attention_kernel.h (it uses
+// that file's vf, loadv, storev, splat, hsum and expv, and reduce_lanes of its width; no include guard on purpose).
+//
+// One work item is one (batch row, kv head): its `group * q_len` query rows attend to the injected keys, then to the
+// own keys, read once each from float32 [keys, head_dim] memory. Decode has a handful of query rows per kv head, so
+// the key and value rows are the traffic: each is loaded into registers once and used by every query row, and the
+// scores of all rows live in a small workspace between the two passes (scores, then values).
+constexpr int64_t kPrefetchKeys = 32;  // software prefetch distance (keys ahead) of the key and value streams
+constexpr int kValueRows = 3;    // query rows per value micro-step (kValueRows x kValueVecs accumulators)
+constexpr int kValueVecs = 4;    // vf of a value row per micro-step
+
+// scores[r][j] = scale * q_r . k_j for rows [0, R) and keys [0, n), -inf where `keep(j, r)` is false. Keys go kW
+// at a time (their rows stay in L1 while every query row reads them), one accumulator per key, reduced together.
+template <class Keep>
+inline void decode_scores(const float* q, int64_t R, const float* k, int64_t n, int64_t D, float scale, float* s,
+                          int64_t stride, Keep keep) {
+    const float ninf = -std::numeric_limits<float>::infinity();
+    int64_t j0 = 0;
+    for (; j0 + kW <= n; j0 += kW) {
+        const float* kb = k + j0 * D;
+        for (int64_t c = 0; c < kW * D; c += 16) __builtin_prefetch(kb + kPrefetchKeys * D + c);
+        for (int64_t r = 0; r < R; ++r) {
+            const float* qr = q + r * D;
+            vf a[kW] = {};
+            for (int64_t d = 0; d < D; d += kW) {
+                const vf qd = loadv(qr + d);
+                for (int c = 0; c < kW; ++c) a[c] += qd * loadv(kb + c * D + d);
+            }
+            const vf sc = reduce_lanes(a) * splat(scale);
+            float* sr = s + r * stride + j0;
+            for (int c = 0; c < kW; ++c) sr[c] = keep(j0 + c, r) ? sc[c] : ninf;
+        }
+    }
+    for (; j0 < n; ++j0) {  // the last n % kW keys
+        const float* kj = k + j0 * D;
+        for (int64_t r = 0; r < R; ++r) {
+            vf a = {};
+            for (int64_t d = 0; d < D; d += kW) a += loadv(q + r * D + d) * loadv(kj + d);
+            s[r * stride + j0] = keep(j0, r) ? hsum(a) * scale : ninf;
+        }
+    }
+}
+
+// acc[r] += sum_j e[r][j] * v_j over keys [0, n) (acc: R rows of D floats).
+inline void decode_values(const float* e, int64_t stride, int64_t R, const float* v, int64_t n, int64_t D,
+                          float* acc) {
+    for (int64_t r0 = 0; r0 < R; r0 += kValueRows) {
+        const int64_t nr = std::min<int64_t>(kValueRows, R - r0);
+        for (int64_t d0 = 0; d0 < D; d0 += kValueVecs * kW) {
+            const int64_t nv = std::min<int64_t>(kValueVecs, (D - d0) / kW);
+            vf a[kValueRows][kValueVecs] = {};
+            for (int64_t j = 0; j < n; ++j) {
+                const float* vj = v + j * D + d0;
+                __builtin_prefetch(vj + kPrefetchKeys * D);
+                if (kValueVecs * kW > 16) __builtin_prefetch(vj + kPrefetchKeys * D + 16);
+                vf vv[kValueVecs];
+                for (int64_t c = 0; c < nv; ++c) vv[c] = loadv(vj + c * kW);
+                for (int64_t r = 0; r < nr; ++r) {
+                    const vf w = splat(e[(r0 + r) * stride + j]);
+                    for (int64_t c = 0; c < nv; ++c) a[r][c] += w * vv[c];
+                }
+            }
+            for (int64_t r = 0; r < nr; ++r)
+                for (int64_t c = 0; c < nv; ++c) {
+                    float* o = acc + (r0 + r) * D + d0 + c * kW;
+                    storev(o, loadv(o) + a[r][c]);
+                }
+        }
+    }
+}
+
+inline void split_decode_run(const DecodeProblem& p, int threads) {
+    const int64_t B = p.batch, Hkv = p.kv_heads, g = p.q_heads / p.kv_heads, Q = p.q_len, D = p.head_dim;
+    const int64_t S = p.slots, T = p.kv_len, R = g * Q, n = p.segments;
+    const int64_t width = (S + T + kW - 1) / kW * kW;  // scores row, padded with -inf (exp gives 0)
+    const float ninf = -std::numeric_limits<float>::infinity();
+    const int workers = resolve_threads(threads, B * Hkv);
+    struct Buf {
+        std::vector<float> s, acc, seg;
+    };
+    std::vector<Buf> bufs(workers);
+    parallel_for(B * Hkv, workers, [&](int worker, int64_t item) {
+        const int64_t b = item / Hkv, h = item % Hkv;
+        Buf& w = bufs[worker];
+        w.s.assign(R * width, ninf);
+        w.acc.assign(R * D, 0.0f);
+        float* s = w.s.data();
+        // Query rows of this kv head: heads h*g .. h*g+g-1 are contiguous in [B, Hq, Q, D], row r = (head, query).
+        const float* q = p.query + (b * p.q_heads + h * g) * Q * D;
+        const uint8_t* valid = p.inj_valid + b * S;
+        decode_scores(q, R, p.inj_k + (b * Hkv + h) * S * D, S, D, p.scale, s, width,
+                      [&](int64_t j, int64_t) { return valid[j] != 0; });
+        const uint8_t* mask = p.own_mask ? p.own_mask + b * Q * T : nullptr;
+        decode_scores(q, R, p.own_k + (b * Hkv + h) * T * D, T, D, p.scale, s + S, width, [&](int64_t j, int64_t r) {
+            const int64_t i = r % Q;  // query index of row r
+            return mask ? mask[i * T + j] != 0 : j <= T - Q + i;
+        });
+        std::vector<float> m(R), denom(R);
+        for (int64_t r = 0; r < R; ++r) {
+            float* sr = s + r * width;
+            vf vmax = splat(ninf);
+            for (int64_t j = 0; j < width; j += kW) {
+                const vf x = loadv(sr + j);
+                vmax = vmax > x ? vmax : x;
+            }
+            float mr = ninf;
+            for (int i = 0; i < kW; ++i) mr = std::max(mr, vmax[i]);
+            // A row that sees nothing: exp(-inf - lowest) is 0, its sum 0, its output 0 and its lse -inf.
+            m[r] = std::max(mr, std::numeric_limits<float>::lowest());
+            vf sum = {};
+            for (int64_t j = 0; j < width; j += kW) {
+                const vf e = expv(loadv(sr + j) - splat(m[r]));
+                storev(sr + j, e);
+                sum += e;
+            }
+            denom[r] = hsum(sum);
+        }
+        decode_values(s, width, R, p.inj_v + (b * Hkv + h) * S * D, S, D, w.acc.data());
+        decode_values(s + S, width, R, p.own_v + (b * Hkv + h) * T * D, T, D, w.acc.data());
+        for (int64_t r = 0; r < R; ++r) {
+            const int64_t row = (b * p.q_heads + h * g) * Q + r;  // [B, Hq, Q] flattened
+            const float inv = denom[r] > 0 ? 1.0f / denom[r] : 0.0f;
+            for (int64_t d = 0; d < D; ++d) p.out[row * D + d] = w.acc[r * D + d] * inv;
+            p.lse[row] = denom[r] > 0 ? m[r] + std::log(denom[r]) : ninf;
+            if (n) {
+                w.seg.assign(n, 0.0f);
+                const int32_t* seg = p.segment + b * S;
+                const float* er = s + r * width;
+                for (int64_t j = 0; j < S; ++j)
+                    if (seg[j] >= 0) w.seg[seg[j]] += er[j];
+                for (int64_t k = 0; k < n; ++k)
+                    p.seg_lse[row * n + k] = w.seg[k] > 0 ? m[r] + std::log(w.seg[k]) : ninf;
+            }
+        }
+    });
+}
