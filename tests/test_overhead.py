@@ -63,3 +63,19 @@ def test_smoke_run_writes_every_cell(tmp_path, capsys):
             assert r["ttft_ratio_to_llm"] == 1.0
     assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == len(rows)
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_breakdown_accounts_for_the_ttft(tmp_path, capsys):
+    """`--breakdown`: plan, attach, prefill and detach add up to KVI's first-token time, the attention op's time is
+    inside the prefill, and the FLOP floor grows with the injected tokens."""
+    out = tmp_path / "ovh"
+    assert main(["bench", "overhead", "--tiny", "--breakdown", "--capsules", "0", "2", "8", "--repeats", "2",
+                 "--out", str(out)]) == 0
+    assert "attention_gflops" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "ovh_breakdown.json").read_text())["rows"]
+    assert [r["capsules"] for r in rows] == [2, 8] and rows[1]["injected_tokens"] > rows[0]["injected_tokens"]
+    for r in rows:
+        parts = r["plan_ms"] + r["attach_ms"] + r["prefill_ms"] + r["detach_ms"]
+        assert 0 < r["attention_ms"] < r["prefill_ms"] and abs(parts - r["kvi_ms"]) < 0.35 * r["kvi_ms"]
+        assert r["llm_ms"] > 0 and r["kvi_over_llm"] > 0
+    assert 1 < rows[0]["flops_ratio"] < rows[1]["flops_ratio"]

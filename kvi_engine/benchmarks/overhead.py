@@ -4,6 +4,7 @@ knowledge grows (capsule sweep, batch 1) and as the batch grows (batch sweep, fi
     kvi bench overhead                                      # ~100M Qwen2-family CPU bench model, full grid
     kvi bench overhead --capsules 0 32 128 --batch 1 4 --repeats 3                  # a reduced grid
     kvi bench overhead --tiny --capsules 0 8 --batch 1 2 --repeats 1               # smoke run (tests)
+    kvi bench overhead --breakdown --capsules 32 128 --quant fp16 --repeats 7      # where KVI's TTFT goes
 
 Methods, all on the same model, dtype, 64-token prompt and greedy decoding, built at the token level:
 - llm: the prompt alone.
@@ -158,6 +159,76 @@ class Bench:
         return rows
 
 
+def breakdown(model, bank, prompt: list[int], capsules: list[int], repeats: int, clock=time.perf_counter) -> list[dict]:
+    """Where KVI's TTFT goes beyond the LLM's, per capsule count (batch 1, one forward = the first token): building
+    the plan, attaching and detaching the injection, the injected prefill forward against the plain one over
+    ``[prefix, prompt]``, and inside it the time in the injected attention op (every layer). Components are medians
+    over ``repeats`` round-robin rounds; ``flops_ratio`` is the analytic (weights + injected attention) / weights
+    FLOP ratio, the floor that no fixed-cost work can go under."""
+    from kvi_engine.attention import op as attention_op
+    from kvi_engine.generate import inject as inject_mod
+    from kvi_engine.generate.inject import attach
+    from kvi_engine.models import rope
+    from kvi_engine.plan.plan import build_plan
+
+    cfg = model.config
+    prefix = bank.prefix_token_ids
+    own = prompt[len(prefix):] if prompt[:len(prefix)] == prefix else prompt
+    plain, ids = torch.tensor([prefix + own]), torch.tensor([own])
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    weights = 2 * sum(p.numel() for n, p in model.named_parameters() if "embed" not in n)
+    spent = {"attention": 0.0}
+    real = attention_op.prefix_attention
+
+    def timed(*a, **k):
+        t = clock()
+        try:
+            return real(*a, **k)
+        finally:
+            spent["attention"] += clock() - t
+
+    def forward(x):
+        return model(input_ids=x, attention_mask=torch.ones_like(x), use_cache=True, logits_to_keep=1).logits
+
+    rows = []
+    with torch.no_grad():
+        for n in capsules:
+            runs = {k: [] for k in ("llm", "plan", "attach", "prefill", "attention", "detach", "kvi")}
+            for r in range(repeats + 1):
+                t = clock()
+                forward(plain)
+                t_llm = clock() - t
+                spent["attention"] = 0.0
+                t0 = clock()
+                rope.check_repositionable(model)
+                plan = build_plan(bank, [list(range(n))])
+                t1 = clock()
+                scope = attach(model, plan)
+                scope.__enter__()
+                t2 = clock()
+                inject_mod.attention.prefix_attention = timed
+                try:
+                    forward(ids)
+                finally:
+                    inject_mod.attention.prefix_attention = real
+                t3 = clock()
+                scope.__exit__(None, None, None)
+                t4 = clock()
+                if r:  # round 0 warms up
+                    for k, v in (("llm", t_llm), ("plan", t1 - t0), ("attach", t2 - t1), ("prefill", t3 - t2),
+                                 ("attention", spent["attention"]), ("detach", t4 - t3), ("kvi", t4 - t0)):
+                        runs[k].append(v)
+            slots = plan.num_slots
+            attn_flops = 4 * cfg.num_hidden_layers * cfg.num_attention_heads * len(own) * slots * head_dim
+            row = {"capsules": n, "injected_tokens": slots, "prompt_tokens": len(prefix + own)}
+            row.update({f"{k}_ms": 1e3 * statistics.median(v) for k, v in runs.items()})
+            row["kvi_over_llm"] = paired_ratio(runs["kvi"], runs["llm"])
+            row["flops_ratio"] = (weights * len(prefix + own) + attn_flops) / (weights * len(prefix + own))
+            row["attention_gflops"] = attn_flops / statistics.median(runs["attention"]) / 1e9
+            rows.append(row)
+    return rows
+
+
 def targets(rows: list[Row]) -> list[str]:
     """The issue's targets on the capsule sweep (batch 1), where the grid has the cells."""
     cell = {(r.method, r.capsules): r for r in rows if r.sweep == "capsules"}
@@ -218,6 +289,10 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="wall: perf_counter (what a user sees); cpu: process CPU time, steadier on a shared machine "
                          "(sums every thread: use with --threads 1)")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="only the TTFT breakdown at --capsules (plan, attach, prefill, attention op, detach) -> "
+                         "<out>_breakdown.json")
+    ap.add_argument("--quant", default="fp32", help="capsule bank storage (fp32, fp16, int8, ...)")
     ap.add_argument("--out", default=str(results.default_out("overhead")))
     args = ap.parse_args(argv)
     if min(args.capsules + [args.batch_capsules]) < 0 or min(args.batch) < 1 or args.new_tokens < 1:
@@ -235,7 +310,18 @@ def main(argv=None) -> int:
     most = max(args.capsules + [args.batch_capsules, 1])
     grid = [("capsules", n, 1) for n in args.capsules] + [("batch", args.batch_capsules, b) for b in args.batch]
     with tempfile.TemporaryDirectory() as d:
-        caps = compile_bank(model, tok, synthetic_capsules(most), os.path.join(d, "capsules"), quant="fp32")
+        caps = compile_bank(model, tok, synthetic_capsules(most), os.path.join(d, "capsules"), quant=args.quant)
+        if args.breakdown:
+            text = " ".join(f"Question {i}: which district holds station {i} of the survey?" for i in range(40))
+            prompt = (caps.prefix_token_ids + tok(text, add_special_tokens=False).input_ids)[:args.prompt_tokens]
+            clock = time.perf_counter if args.clock == "wall" else time.process_time
+            rows = breakdown(model, caps, prompt, [n for n in args.capsules if n > 0], args.repeats, clock)
+            print(f"TTFT breakdown: {type(model).__name__} {n_params / 1e6:.0f}M, {args.quant} bank, "
+                  f"{torch.get_num_threads()} threads, median of {args.repeats} rounds ({args.clock} clock)")
+            print(results.format_table(rows, list(rows[0])))
+            results.write(args.out + "_breakdown", "overhead-breakdown", rows, vars(args), model_params=n_params)
+            print(f"wrote {args.out}_breakdown.json / .csv")
+            return 0
         sents = compile_bank(model, tok, synthetic_sentences(most), os.path.join(d, "sentences"), quant="fp32",
                              templates={"states": "{subject}"})
         text = " ".join(f"Question {i}: which district holds station {i} of the survey?" for i in range(40))
