@@ -25,10 +25,11 @@ def reader():
 
 def test_reader_loads_with_plain_hf_classes(reader):
     model, tok = reader
-    files = [f for f in reader_dir().iterdir() if f.is_file()]
-    assert sum(f.stat().st_size for f in files) <= 20 * 2**20
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md"} <= \
-        {f.name for f in files}
+    files = [f for name in ("reader", "reader-adapted") for f in reader_dir(name).iterdir() if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 20 * 2**20  # both checkpoints together
+    for name in ("reader", "reader-adapted"):
+        assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "README.md"} <= \
+            {f.name for f in reader_dir(name).iterdir()}
     assert model.config.model_type == "llama" and 1e6 < sum(p.numel() for p in model.parameters()) < 2e7
     cfg = json.loads((reader_dir() / "tokenizer_config.json").read_text())
     assert "chat_template" in cfg  # the prompt template travels in the tokenizer config
@@ -36,7 +37,13 @@ def test_reader_loads_with_plain_hf_classes(reader):
     assert text == "<s>Question: Who founded Acme?\nAnswer:"
     from kvi_engine.models.loading import load_model
     m2, _, fallback = load_model("reader")
-    assert not fallback and m2.config.to_dict() == model.config.to_dict()
+    assert not fallback and m2.config.to_dict() == model.config.to_dict() and m2.dtype == torch.float32
+    adapted, tok2, _ = load_model("reader-adapted")
+    same = lambda c: {k: v for k, v in c.to_dict().items() if k != "_name_or_path"}  # noqa: E731
+    assert tok2.get_vocab() == tok.get_vocab() and same(adapted.config) == same(model.config)
+    assert not torch.equal(adapted.model.layers[0].self_attn.q_proj.weight, model.model.layers[0].self_attn.q_proj.weight)
+    with pytest.raises(ValueError, match="unknown reader"):
+        reader_dir("reader-large")
 
 
 def _names(ctx):
@@ -73,14 +80,16 @@ def test_generated_names_are_disjoint_from_the_corpora(which):
     assert all(is_heldout(nm) for nm in test)
 
 
-def test_reader_reads_held_out_facts_and_does_not_know_them(reader):
+@pytest.mark.parametrize("name", ["reader", "reader-adapted"])
+def test_reader_reads_held_out_facts_and_does_not_know_them(name, reader):
     """A fixed handful of held-out questions (entities never generated for training), 4 facts each (1 relevant,
-    3 distractors): RAG and KVI answer from the facts; the plain model, without them, does not. Measured with the
-    shipped checkpoint: RAG 6/8, KVI 6/8, LLM 0/8 (the bounds leave one flip of margin for other CPUs' rounding)."""
+    3 distractors): RAG and KVI answer from the facts; the plain model, without them, does not. Measured with both
+    shipped checkpoints: RAG 6/8, KVI 6/8, LLM 0/8 (the bounds leave one flip of margin for other CPUs' rounding)."""
     from kvi_engine.benchmarks.fidelity import build_items, run_methods
     from kvi_engine.eval.metrics import exact_match
+    from kvi_engine.reader import load_reader
 
-    model, tok = reader
+    model, tok = reader if name == "reader" else load_reader(name)
     items = build_items(8, ns=(4,), hops=(1,), seed=7)
     runs = run_methods(model, tok, items, ("llm", "rag", "kvi"), max_new_tokens=12)
     em = {m: sum(exact_match(p, [it["answer"]]) for p, it in zip(r["preds"], items)) for m, r in runs.items()}
@@ -143,3 +152,37 @@ def test_train_reader_is_seeded_and_writes_checkpoint_curve_and_card(tmp_path):
         AutoModelForCausalLM.from_pretrained(d)
     card = (tmp_path / "a-adapted" / "README.md").read_text()
     assert "stage `base`" in card and "stage `adapt`" in card and "parameters" in card
+
+
+def test_fidelity_attribution_is_the_serving_measure(reader):
+    """The fidelity benchmark's attribution (which capsule the answer attended to most) is `kvi serve`'s measure:
+    per forward the mass of each row's choosing query on each capsule, mean over heads (the serve Collector) and
+    then over layers; with one capsule it is always that capsule, and only KVI stacked rows carry it."""
+    import tempfile
+
+    from kvi_engine.benchmarks.fidelity import _Masses, build_items, run_methods, score_rows
+    from kvi_engine.capsules.capsule import Capsule
+    from kvi_engine.compile.compiler import compile_bank
+    from kvi_engine.generate.inject import attach
+    from kvi_engine.plan.plan import build_plan
+    from kvi_engine.reader.schema import ALL_TEMPLATES
+    from kvi_engine.serve.attribution import Collector
+
+    model, tok = reader
+    items = build_items(3, ns=(1, 4), hops=(1,), seed=11)
+    runs = run_methods(model, tok, items, ("rag", "kvi"), max_new_tokens=6)
+    top = runs["kvi"]["top_capsule"]
+    assert all(0 <= t < it["n"] for t, it in zip(top, items)) and "top_capsule" not in runs["rag"]
+    rows = {(r["method"], r["capsules"]): r for r in score_rows(items, runs)}
+    assert rows["kvi", 1]["attribution_top1"] == 1.0 and "attribution_top1" not in rows["rag", 1]
+    with tempfile.TemporaryDirectory() as d:
+        it = items[-1]
+        bank = compile_bank(model, tok, [Capsule(*t) for t in it["triples"]], d + "/b", templates=ALL_TEMPLATES,
+                            progress=False)
+        ids = torch.tensor([tok(f"Question: {it['question']}\nAnswer:").input_ids[1:]])
+        plan = build_plan(bank, [list(range(it["n"]))])
+        ours, theirs = _Masses(model.config.num_hidden_layers), Collector(model.config.num_hidden_layers)
+        for hook in (ours, theirs):
+            with torch.no_grad(), attach(model, plan, on_attention=hook):
+                model(input_ids=ids)
+        assert torch.allclose(ours.steps[0], theirs.take().mean(0), atol=1e-6)

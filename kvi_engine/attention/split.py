@@ -70,7 +70,7 @@ def decode_attention(query, k_inj, v_inj, inj_valid, own_k, own_v, own_visible, 
 
 
 def _cpp(*args, **kwargs):
-    from kvi_engine.attention.cpp import decode_attention_cpp
+    from kvi_engine.attention.decode_cpp import decode_attention_cpp
     return decode_attention_cpp(*args, **kwargs)
 
 

@@ -18,7 +18,9 @@ knowledge channel only:
   kvi-dual      kvi + the facts as prompt text (the dual channel)
 
 EM and token F1 per (method, N, hops) with 95% percentile-bootstrap intervals; TTFT (median over batches of the
-engine's time to first token per question) beside accuracy. Writes bench/results/fidelity_<model>.{json,csv,png}.
+engine's time to first token per question) beside accuracy. Attribution (KVI stacked): the share of questions whose
+answer puts its largest attention mass (mean over generated tokens, layers and heads; ``kvi serve``'s measure) on a
+relevant capsule. Writes bench/results/fidelity_<model>.{json,csv,png}.
 """
 from __future__ import annotations
 
@@ -82,8 +84,9 @@ def _run(engine, prompts, capsule_ids, costs, groups, max_new_tokens, max_tokens
 
 @torch.no_grad()
 def run_methods(model, tok, items, methods=METHODS, *, max_new_tokens: int = 16, max_tokens: int = 8000,
-                quant: str = "fp32", templates=None) -> dict:
-    """{method: {"preds": [...], "ttft_s": [...] (per item), "wall_s": s}} -- every method on the same items."""
+                quant: str = "fp32", templates=None, attribution: bool = True) -> dict:
+    """{method: {"preds": [...], "ttft_s": [...] (per item), "wall_s": s}} -- every method on the same items; for
+    ``kvi`` (with ``attribution``) also ``top_capsule``: per item the capsule the answer attended to most."""
     from kvi_engine.capsules.capsule import Capsule
     from kvi_engine.compile.compiler import compile_bank
     from kvi_engine.generate.engine import KVIEngine
@@ -128,7 +131,50 @@ def run_methods(model, tok, items, methods=METHODS, *, max_new_tokens: int = 16,
             preds, ttft = _run(engine, prompts, cids, costs, [it["cond"] for it in items], max_new_tokens,
                                max_tokens)
             res[m] = {"preds": preds, "ttft_s": ttft, "wall_s": time.perf_counter() - t0}
+            if m == "kvi" and attribution:
+                res[m]["top_capsule"] = top_capsules(engine, prompts, cids, costs, max_new_tokens, max_tokens)
     return res
+
+
+class _Masses:
+    """``on_attention`` hook: per forward, the mass each row's choosing query puts on each injected segment, mean
+    over heads and layers (:mod:`kvi_engine.serve.attribution`)."""
+
+    def __init__(self, num_layers: int):
+        self.num_layers, self.steps, self._sum = num_layers, [], None
+
+    def __call__(self, layer, plan, capsule_lse, lse):
+        mass = torch.exp(capsule_lse[:, :, -1] - lse[:, :, -1:]).nan_to_num_(0.0).mean(1).float().cpu()
+        self._sum = mass if self._sum is None else self._sum + mass
+        if layer == self.num_layers - 1:
+            self.steps.append(self._sum / self.num_layers)
+            self._sum = None
+
+
+def top_capsules(engine, prompts, capsule_ids, costs, max_new_tokens, max_tokens) -> list[int]:
+    """Per item, the plan position of the capsule with the largest attention mass over the generated answer
+    (tokens up to EOS; the EOS-choosing step included), greedy decoding as in the accuracy run: which fact the
+    answer used, by the serving API's attribution measure."""
+    from kvi_engine.generate.inject import attach
+    from kvi_engine.plan.plan import build_plan
+
+    model, out = engine.model, [None] * len(prompts)
+    eos = model.generation_config.eos_token_id
+    stops = set(eos if isinstance(eos, list) else [eos]) | {engine.tokenizer.pad_token_id}
+    for b in _batches(costs, max_tokens):
+        ids, mask = engine.encode([prompts[i] for i in b], strip_prefix=True)
+        plan = build_plan(engine.bank, [capsule_ids[i] for i in b], layout=engine.layout)
+        hook = _Masses(model.config.num_hidden_layers)
+        with attach(model, plan, on_attention=hook):
+            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=engine.tokenizer.pad_token_id)
+        steps = torch.stack(hook.steps)  # [steps, rows, 1 + capsules]
+        for r, i in enumerate(b):
+            row = gen[r, ids.shape[1]:].tolist()
+            n = next((t + 1 for t, x in enumerate(row) if x in stops), len(row))
+            caps = steps[:n, r, 1:1 + len(capsule_ids[i])].mean(0)
+            out[i] = int(caps.argmax())
+    return out
 
 
 def score_rows(items, runs) -> list[dict]:
@@ -143,9 +189,16 @@ def score_rows(items, runs) -> list[dict]:
             f1 = [token_f1(r["preds"][i], [items[i]["answer"]]) for i in idx]
             e, elo, ehi = bootstrap_ci(em)
             f, flo, fhi = bootstrap_ci(f1)
-            rows.append({"method": m, "capsules": items[idx[0]]["n"], "hops": items[idx[0]]["hops"],
-                         "questions": len(idx), "em": e, "em_ci95": [elo, ehi], "f1": f, "f1_ci95": [flo, fhi],
-                         "ttft_ms_per_question": 1000 * statistics.median(r["ttft_s"][i] for i in idx)})
+            row = {"method": m, "capsules": items[idx[0]]["n"], "hops": items[idx[0]]["hops"],
+                   "questions": len(idx), "em": e, "em_ci95": [elo, ehi], "f1": f, "f1_ci95": [flo, fhi],
+                   "ttft_ms_per_question": 1000 * statistics.median(r["ttft_s"][i] for i in idx)}
+            if "top_capsule" in r:  # the capsule with the largest mass is a relevant one (a support fact)
+                hit = [r["top_capsule"][i] in items[i]["support"] for i in idx]
+                a, alo, ahi = bootstrap_ci(hit)
+                right = [h for h, e in zip(hit, em) if e]  # among the questions answered correctly
+                row.update(attribution_top1=a, attribution_top1_ci95=[alo, ahi],
+                           attribution_top1_correct=sum(right) / len(right) if right else float("nan"))
+            rows.append(row)
     return rows
 
 
@@ -178,9 +231,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def format_rows(rows: list[dict]) -> str:
     from kvi_engine.benchmarks.results import format_table
     show = [{**r, "em": f"{100 * r['em']:.1f} [{100 * r['em_ci95'][0]:.1f}, {100 * r['em_ci95'][1]:.1f}]",
-             "f1": f"{100 * r['f1']:.1f}", "ttft_ms_per_question": f"{r['ttft_ms_per_question']:.2f}"}
+             "f1": f"{100 * r['f1']:.1f}", "ttft_ms_per_question": f"{r['ttft_ms_per_question']:.2f}",
+             "attribution_top1": f"{100 * r['attribution_top1']:.1f}" if "attribution_top1" in r else ""}
             for r in rows]
-    return format_table(show, ["method", "capsules", "hops", "questions", "em", "f1", "ttft_ms_per_question"])
+    return format_table(show, ["method", "capsules", "hops", "questions", "em", "f1", "ttft_ms_per_question",
+                               "attribution_top1"])
 
 
 def main(argv=None) -> int:
@@ -189,7 +244,8 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="kvi bench fidelity", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="reader", help="'reader' (the shipped one) or a checkpoint directory")
+    ap.add_argument("--model", default="reader", help="'reader', 'reader-adapted' (the shipped ones) or a checkpoint "
+                    "directory")
     ap.add_argument("--n", type=int, default=64, help="questions per (capsules, hops) condition")
     ap.add_argument("--ns", default="1,4,16,64")
     ap.add_argument("--hops", default="1,2")
@@ -203,7 +259,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from kvi_engine.reader import load_reader
     torch.set_num_threads(a.threads)
-    model, tok = load_reader(None if a.model == "reader" else a.model)
+    model, tok = load_reader(a.model)
     items = build_items(a.n, tuple(int(x) for x in a.ns.split(",")), tuple(int(x) for x in a.hops.split(",")),
                         a.seed)
     methods = [m.strip() for m in a.methods.split(",") if m.strip()]
@@ -213,13 +269,14 @@ def main(argv=None) -> int:
     for q in quants[1:]:
         if kv:
             runs.update({f"{m}@{q}": r for m, r in run_methods(model, tok, items, kv, max_new_tokens=a.max_new_tokens,
-                                                               quant=q).items()})
+                                                               quant=q, attribution=False).items()})
     rows = score_rows(items, runs)
     print(format_rows(rows))
-    name = "reader" if a.model == "reader" else Path(a.model).name
+    name = Path(a.model).name
     stem = Path(a.out) if a.out else bench_results.default_out(f"fidelity_{name}")
     bench_results.write(stem, "fidelity", rows, vars(a), wall_s={m: r["wall_s"] for m, r in runs.items()},
-                        items=items, preds={m: r["preds"] for m, r in runs.items()})
+                        items=items, preds={m: r["preds"] for m, r in runs.items()},
+                        top_capsule={m: r["top_capsule"] for m, r in runs.items() if "top_capsule" in r})
     plot_or_skip(plot, rows, stem.with_suffix(".png"),
                  f"knowledge fidelity on {name}: EM vs capsules ({a.n} held-out questions per point, 95% bootstrap CI)")
     print(f"-> {stem}.json/.csv/.png")

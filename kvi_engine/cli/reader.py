@@ -23,6 +23,7 @@ def cmd_train_reader(args) -> int:
         ad = copy.copy(args)
         ad.stage, ad.init, ad.out, ad.steps = "adapt", base.out, f"{args.out}-adapted", args.adapt_steps
         ad.mix, ad.induction_steps, ad.plant = args.adapt_mix, 0, ""
+        ad.lr, ad.nmax_start = args.adapt_lr, args.nmax  # a fine-tune: lower rate, every context size from the start
         info2 = train(ad)
         write_card(ad.out, [info, info2])
         print(f"adapted reader: {info2['steps']} steps in {info2['times']['train_s'] / 60:.1f} min -> {ad.out}")
@@ -37,4 +38,5 @@ def add_subparsers(sub) -> None:
     add_arguments(p)
     p.add_argument("--adapt-steps", type=int, default=0, help="then fine-tune on KVI capsules for this many steps")
     p.add_argument("--adapt-mix", default="kvi:0.6,rag:0.2,doc:0.2")
+    p.add_argument("--adapt-lr", type=float, default=5e-4)
     p.set_defaults(func=cmd_train_reader)

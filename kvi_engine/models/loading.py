@@ -57,15 +57,15 @@ def _bypassed(host: str) -> bool:
     return any(e == "*" or host == e or host.endswith("." + e) for e in entries if e)
 
 
-READER = "reader"  # --model reader: the reader shipped in kvi_engine/reader/model
+READER = "reader"  # --model reader: the reader shipped in kvi_engine/reader/model (reader-adapted: model-adapted)
 
 
 def _pretrained(name: str, dtype):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name == READER:
-        from kvi_engine.reader import reader_dir
-        name = str(reader_dir())
+    from kvi_engine.reader import NAMES, reader_dir
+    if name in NAMES:
+        name, dtype = str(reader_dir(name)), dtype or torch.float32  # stored in fp16, computed in float32
     local = Path(name).expanduser().is_dir()
     offline = {} if local or hub_reachable() else {"local_files_only": True}
     tokenizer = AutoTokenizer.from_pretrained(name, **offline)

@@ -247,6 +247,9 @@ def train(a) -> dict:
         if out_of_time:
             break
     times["train_s"] = time.time() - t_train - eval_s
+    if a.save_dtype == "float16":  # the shipped form: half the bytes; load_reader computes in float32 again
+        model.to(torch.float16).save_pretrained(out, safe_serialization=True)
+        model.to(torch.float32)
     times["total_s"] = time.time() - t0
     args = {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool, type(None)))}
     info = {"stage": a.stage, "args": args, "times": times, "steps": step + 1, "tokens": tok_total,
@@ -292,3 +295,5 @@ def add_arguments(p) -> None:
     p.add_argument("--induction-steps", type=int, default=400, help="induction warm-up steps (base stage)")
     p.add_argument("--induction-len", type=int, default=48)
     p.add_argument("--plant", default="6,8", help="amp,n_freq of the planted previous-token head ('' = none)")
+    p.add_argument("--save-dtype", choices=("float32", "float16"), default="float16",
+                   help="dtype of the final checkpoint (training runs in float32; float16 is what the package ships)")
