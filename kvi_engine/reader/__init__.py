@@ -1,7 +1,7 @@
 """The reader: a small Llama trained from scratch here to answer questions from facts it is given (as text or as
-injected KV), shipped in ``kvi_engine/reader/model`` (safetensors + tokenizer + model card) and, fine-tuned to read capsules
-the way KVI injects them, ``kvi_engine/reader/model-adapted``. It is the embedded
-default model when no real one can be loaded, and the instrument of the fidelity benchmark (``kvi bench fidelity``).
+injected KV), shipped in ``kvi_engine/reader/model`` (safetensors + tokenizer + model card) and, fine-tuned to read
+capsules the way KVI injects them, in ``kvi_engine/reader/model-adapted``. It is the embedded default model when no
+real one can be loaded, and the instrument of the fidelity benchmark (``kvi bench fidelity``).
 
     from kvi_engine.reader import load_reader, reader_dir
     model, tok = load_reader()              # = AutoModelForCausalLM / AutoTokenizer .from_pretrained(reader_dir())
