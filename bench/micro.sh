@@ -17,7 +17,8 @@ ops = {op for op, _ in pairs}
 assert doc["machine_info"].get("cpu") and "commit_info" in doc, "machine or commit missing"
 triton = ["triton"] if __import__("torch").cuda.is_available() else []
 want = ({("prefix_attention", b) for b in ["reference", "sdpa", "cpp"] + triton}
-        | {(op, b) for op in ("codec_encode", "bank_dequant", "slot_gather") for b in ("cpp", "reference")}
+        | {(op, b) for op in ("codec_encode", "bank_dequant", "slot_gather", "decode_attention")
+           for b in ("cpp", "reference")}
         | {("build_plan", "numpy")}
         | {("traverse_2hop", b) for b in ("cpp", "reference", "networkx")}
         | {("link", b) for b in ("cpp", "reference", "pyahocorasick")})

@@ -31,3 +31,24 @@ def test_prefix_attention(benchmark, make_plan, mode, scheme, backend):
         benchmark.pedantic(run, setup=fresh, rounds=5, iterations=1)
     else:
         benchmark(run)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_decode_attention(benchmark, make_plan, backend):
+    """Op decode_attention alone: one decode step over the plan's gathered KV (what the sdpa backend's decode runs),
+    the PyTorch twin against the C++ kernel."""
+    from kvi_engine.attention.split import OP
+    from kvi_engine.plan.gather import injected_kv
+
+    plan = make_plan("fp16")
+    m, _ = model()
+    q, k, v = activations(1, PROMPT + 1)
+    k_inj, v_inj, valid = injected_kv(plan, 0, m, q.dtype, q.device)
+    _, fn = dispatch.select(OP, backend)
+
+    def run():
+        fn(q, k_inj, v_inj, valid, k, v, None)
+
+    run()
+    benchmark.extra_info.update(op=OP, backend=backend, injected_tokens=int(plan.valid.sum()) // plan.batch_size)
+    benchmark(run)
