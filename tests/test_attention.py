@@ -395,8 +395,9 @@ def test_decode_steps_of_both_decode_backends_equal_the_oracle(decode, monkeypat
 
 def test_decode_attention_cpp_rejects_bad_input():
     f = lambda *s: torch.randn(*s).numpy()  # noqa: E731
-    args = dict(query=f(1, 4, 1, 8), inj_k=f(1, 2, 3, 8), inj_v=f(1, 2, 3, 8), inj_valid=torch.ones(1, 3).byte().numpy(),
-                own_k=f(1, 2, 2, 8), own_v=f(1, 2, 2, 8), own_mask=None, out=f(1, 4, 1, 8), lse=f(1, 4, 1), scale=0.3)
+    args = dict(query=f(1, 4, 1, 8), inj_k=f(1, 2, 3, 8), inj_v=f(1, 2, 3, 8),
+                inj_valid=torch.ones(1, 3).byte().numpy(), own_k=f(1, 2, 2, 8), own_v=f(1, 2, 2, 8), own_mask=None,
+                out=f(1, 4, 1, 8), lse=f(1, 4, 1), scale=0.3)
     _core.decode_attention(**args)
     with pytest.raises(ValueError, match="segment index 4 at slot 1 of row 0"):
         _core.decode_attention(**args, segment=torch.tensor([[0, 4, -1]], dtype=torch.int32).numpy(),
@@ -404,8 +405,8 @@ def test_decode_attention_cpp_rejects_bad_input():
     with pytest.raises(ValueError, match="multiple of kv_heads"):
         _core.decode_attention(**{**args, "query": f(1, 3, 1, 8), "out": f(1, 3, 1, 8), "lse": f(1, 3, 1)})
     with pytest.raises(ValueError, match="head_dim must be a positive multiple of 4"):
-        _core.decode_attention(**{**{k: v for k, v in args.items()}, **{n: f(*a.shape[:-1], 6) for n, a in args.items()
-                                  if n in ("query", "inj_k", "inj_v", "own_k", "own_v", "out")}})
+        d6 = {n: f(*a.shape[:-1], 6) for n, a in args.items() if n in ("query", "inj_k", "inj_v", "own_k", "own_v", "out")}
+        _core.decode_attention(**{**args, **d6})
     with pytest.raises(ValueError, match=r"inj_v: expected shape \[1, 2, 3, 8\], got \[1, 2, 4, 8\]"):
         _core.decode_attention(**{**args, "inj_v": f(1, 2, 4, 8)})
     with pytest.raises(ValueError, match="go together"):
