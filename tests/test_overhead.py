@@ -60,7 +60,8 @@ def test_smoke_run_writes_every_cell(tmp_path, capsys):
     for r in rows:
         assert r["ttft_ms"] > 0 and r["decode_tok_s"] > 0 and r["peak_rss_mib"] >= 0 and r["cache_mib"] > 0
         if r["method"] == "llm":
-            assert r["ttft_ratio_to_llm"] == 1.0
+            assert r["ttft_ratio_to_llm"] == 1.0 and r["decode_ratio_to_llm"] == 1.0
+        assert r["decode_ratio_to_llm"] > 0
     assert len(list(csv.DictReader(out.with_suffix(".csv").open()))) == len(rows)
     assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 

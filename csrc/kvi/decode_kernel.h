@@ -5,9 +5,10 @@
 // own keys, read once each from float32 [keys, head_dim] memory. Decode has a handful of query rows per kv head, so
 // the key and value rows are the traffic: each is loaded into registers once and used by every query row, and the
 // scores of all rows live in a small workspace between the two passes (scores, then values).
-constexpr int64_t kPrefetchKeys = 32;  // software prefetch distance (keys ahead) of the key and value streams
-constexpr int kValueRows = 3;    // query rows per value micro-step (kValueRows x kValueVecs accumulators)
-constexpr int kValueVecs = 4;    // vf of a value row per micro-step
+constexpr int64_t kPrefetchKeys = 32;  // software prefetch distance (keys ahead) of the key stream
+constexpr int64_t kValueBlock = 32;    // value rows per block (32 x head_dim 64 floats = 8 KiB: stays in L1)
+constexpr int kValueRows = 3;          // query rows per value micro-step (kValueRows x kValueVecs accumulators)
+constexpr int kValueVecs = 4;          // vf of a value row per micro-step
 
 // scores[r][j] = scale * q_r . k_j for rows [0, R) and keys [0, n), -inf where `keep(j, r)` is false. Keys go kW
 // at a time (their rows stay in L1 while every query row reads them), one accumulator per key, reduced together.
@@ -18,7 +19,8 @@ inline void decode_scores(const float* q, int64_t R, const float* k, int64_t n, 
     int64_t j0 = 0;
     for (; j0 + kW <= n; j0 += kW) {
         const float* kb = k + j0 * D;
-        for (int64_t c = 0; c < kW * D; c += 16) __builtin_prefetch(kb + kPrefetchKeys * D + c);
+        if (j0 + kPrefetchKeys + kW <= n)  // (only inside the array: pointers past it are not valid C++)
+            for (int64_t c = 0; c < kW * D; c += 16) __builtin_prefetch(kb + kPrefetchKeys * D + c);
         for (int64_t r = 0; r < R; ++r) {
             const float* qr = q + r * D;
             vf a[kW] = {};
@@ -41,30 +43,35 @@ inline void decode_scores(const float* q, int64_t R, const float* k, int64_t n, 
     }
 }
 
-// acc[r] += sum_j e[r][j] * v_j over keys [0, n) (acc: R rows of D floats).
+// acc[r] += sum_j e[r][j] * v_j over keys [0, n) (acc: R rows of D floats). Keys go in blocks small enough for L1:
+// each block's value rows come from memory once, then every (row block, channel chunk) pass over them -- with its
+// accumulators in registers -- reads them from L1.
 inline void decode_values(const float* e, int64_t stride, int64_t R, const float* v, int64_t n, int64_t D,
                           float* acc) {
-    for (int64_t r0 = 0; r0 < R; r0 += kValueRows) {
-        const int64_t nr = std::min<int64_t>(kValueRows, R - r0);
-        for (int64_t d0 = 0; d0 < D; d0 += kValueVecs * kW) {
-            const int64_t nv = std::min<int64_t>(kValueVecs, (D - d0) / kW);
-            vf a[kValueRows][kValueVecs] = {};
-            for (int64_t j = 0; j < n; ++j) {
-                const float* vj = v + j * D + d0;
-                __builtin_prefetch(vj + kPrefetchKeys * D);
-                if (kValueVecs * kW > 16) __builtin_prefetch(vj + kPrefetchKeys * D + 16);
-                vf vv[kValueVecs];
-                for (int64_t c = 0; c < nv; ++c) vv[c] = loadv(vj + c * kW);
-                for (int64_t r = 0; r < nr; ++r) {
-                    const vf w = splat(e[(r0 + r) * stride + j]);
-                    for (int64_t c = 0; c < nv; ++c) a[r][c] += w * vv[c];
+    for (int64_t j0 = 0; j0 < n; j0 += kValueBlock) {
+        const int64_t nb = std::min<int64_t>(kValueBlock, n - j0);
+        const int64_t next = std::min<int64_t>(kValueBlock, std::max<int64_t>(0, n - j0 - kValueBlock));
+        for (int64_t c = 0; c < next * D; c += 16) __builtin_prefetch(v + (j0 + kValueBlock) * D + c);
+        for (int64_t r0 = 0; r0 < R; r0 += kValueRows) {
+            const int64_t nr = std::min<int64_t>(kValueRows, R - r0);
+            for (int64_t d0 = 0; d0 < D; d0 += kValueVecs * kW) {
+                const int64_t nv = std::min<int64_t>(kValueVecs, (D - d0) / kW);
+                vf a[kValueRows][kValueVecs] = {};
+                for (int64_t j = j0; j < j0 + nb; ++j) {
+                    const float* vj = v + j * D + d0;
+                    vf vv[kValueVecs];
+                    for (int64_t c = 0; c < nv; ++c) vv[c] = loadv(vj + c * kW);
+                    for (int64_t r = 0; r < nr; ++r) {
+                        const vf w = splat(e[(r0 + r) * stride + j]);
+                        for (int64_t c = 0; c < nv; ++c) a[r][c] += w * vv[c];
+                    }
                 }
+                for (int64_t r = 0; r < nr; ++r)
+                    for (int64_t c = 0; c < nv; ++c) {
+                        float* o = acc + (r0 + r) * D + d0 + c * kW;
+                        storev(o, loadv(o) + a[r][c]);
+                    }
             }
-            for (int64_t r = 0; r < nr; ++r)
-                for (int64_t c = 0; c < nv; ++c) {
-                    float* o = acc + (r0 + r) * D + d0 + c * kW;
-                    storev(o, loadv(o) + a[r][c]);
-                }
         }
     }
 }

@@ -50,8 +50,8 @@ def _prefer(device, plan, q_len: int) -> str | None:
     # - prefill: the fused C++ kernel beats even the C++ slot gather + SDPA (1 x 2,058 injected tokens: 4.1 vs
     #   5.2 ms a layer; 64 x 519: 65 vs 147 ms), so it is the automatic choice for more than one query token;
     # - decode: once the plan's gathered float copy exists, attending over it (op decode_attention, C++) is faster
-    #   than re-reading the bank every step (bench model, 128 capsules, batch 1, one layer, KV out of cache: 0.66 ms
-    #   against 1.24 for the fused kernel on an int8 bank, 0.57 against 3.6 on fp16), so decode prefers that path while the copy stays under a memory
+    #   than re-reading the bank every step (bench model, 128 capsules, batch 1, one layer, KV out of cache: 0.51 ms
+    #   against 1.24 for the fused kernel on an int8 bank, 0.44 against 3.6 on fp16), so decode prefers that path while the copy stays under a memory
     #   cap; past the cap the fused kernel, which needs no copy, takes over.
     if plan is None or dispatch.device_type(device) != "cpu" or q_len > 1:
         return None

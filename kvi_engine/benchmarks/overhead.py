@@ -72,6 +72,7 @@ class Row:
     peak_rss_mib: float
     cache_mib: float
     ttft_ratio_to_llm: float = float("nan")
+    decode_ratio_to_llm: float = float("nan")  # decode tokens/s over the LLM's, median of per-round ratios
 
 
 
@@ -154,8 +155,12 @@ class Bench:
             cache = batch * (cache_tokens + self.new_tokens) * self.bytes_per_token / 2**20
             paired = (paired_ratio([t for t, _ in runs[m]], [t for t, _ in runs["llm"]]) if "llm" in runs
                       else float("nan"))
+            # decode time of the LLM's call over this method's, round by round (= tokens/s ratio, paired)
+            decode_paired = (paired_ratio([tot - t for t, tot in runs["llm"]], [tot - t for t, tot in runs[m]])
+                             if "llm" in runs and self.new_tokens > 1 else float("nan"))
             rows.append(Row(sweep, m, n, batch, len(self.prompt) + len(self.prefix), knowledge,
-                            1e3 * statistics.median(ttfts), 1e3 * min(ttfts), tok_s, mem.mib, cache, paired))
+                            1e3 * statistics.median(ttfts), 1e3 * min(ttfts), tok_s, mem.mib, cache, paired,
+                            decode_paired))
         return rows
 
 
@@ -344,7 +349,8 @@ def main(argv=None) -> int:
           f"{args.new_tokens} new tokens; median of {args.repeats} round-robin repeats (ratios: median of paired "
           f"ratios); {args.clock} clock")
     print(results.format_table(rows, ["sweep", "method", "capsules", "batch", "knowledge_tokens", "ttft_ms",
-                              "ttft_ratio_to_llm", "decode_tok_s", "peak_rss_mib", "cache_mib"]))
+                              "ttft_ratio_to_llm", "decode_tok_s", "decode_ratio_to_llm", "peak_rss_mib",
+                              "cache_mib"]))
     lines = targets(rows)
     print("\n".join(lines))
     doc = results.write(args.out, "overhead", rows, vars(args), **meta, complete=True, targets=lines)
