@@ -35,6 +35,44 @@ def decode_attention_cpp(query, k_inj, v_inj, inj_valid, own_k, own_v, own_visib
     return out, lse, seg_lse
 
 
+class DecodeStep:
+    """:func:`decode_attention_cpp` bound to one layer of a plan. A plan's injected K/V and slot mask are the same
+    for every token of its life, so they are held here as the arrays the kernel reads, and a token's step is one
+    native call plus its two output tensors. At batch 1 the general path's Python per layer and token (backend
+    choice, gather lookup, mask and array conversions) cost several times the kernel's own work on short contexts,
+    more than HF's plain SDPA path costs (``kvi bench overhead``, decode ratio at 1 capsule: 0.92 -> ~1.0)."""
+    __slots__ = ("_tensors", "k_inj", "v_inj", "valid")
+
+    def __init__(self, k_inj: torch.Tensor, v_inj: torch.Tensor, inj_valid: torch.Tensor):
+        if k_inj.dtype != torch.float32 or k_inj.device.type != "cpu":
+            raise dispatch.BackendUnavailable(f"the C++ decode attention runs on float32 CPU tensors, got "
+                                              f"{k_inj.dtype} on {k_inj.device}")
+        self._tensors = (k_inj.contiguous(), v_inj.contiguous(), inj_valid.contiguous())  # what the arrays view
+        self.k_inj, self.v_inj = self._tensors[0].numpy(), self._tensors[1].numpy()
+        self.valid = _bytes(self._tensors[2])
+
+    def __call__(self, query, own_k, own_v, own_mask=None, scaling=None) -> torch.Tensor:
+        """``out [B, Hq, Q, D]`` of :func:`decode_attention_cpp` for ``query [B, Hq, Q, D]`` over the bound
+        injected KV and ``own_k/own_v [B, Hkv, T, D]``; ``own_mask`` bool ``[B or 1, 1, Q or 1, T]`` (True =
+        attend) or None (causal)."""
+        from kvi_engine import _core
+
+        B, Hq, Q, D = query.shape
+        T = own_k.shape[2]
+        mask = None if own_mask is None else _bytes(own_mask.expand(B, 1, Q, T)).reshape(B, Q, T)
+        out = torch.empty(B, Hq, Q, D)
+        lse = torch.empty(B, Hq, Q)
+        _core.decode_attention(_array(query), self.k_inj, self.v_inj, self.valid, _array(own_k), _array(own_v), mask,
+                               out.numpy(), lse.numpy(), scaling if scaling is not None else 1 / math.sqrt(D), None,
+                               None, torch.get_num_threads())
+        return out
+
+
+def _array(x: torch.Tensor):
+    """A C-contiguous numpy view of ``x`` (a copy only if it is strided; every op counts at this rate)."""
+    return x.numpy() if x.is_contiguous() and not x.requires_grad else x.detach().contiguous().numpy()
+
+
 def _bytes(mask: torch.Tensor):
     """A bool (or uint8) mask as a C-contiguous uint8 numpy array, viewing a contiguous bool tensor's bytes."""
     mask = mask.contiguous()

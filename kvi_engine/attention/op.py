@@ -66,6 +66,23 @@ def select(device: torch.device, backend: str | None = None, plan=None, q_len: i
     return dispatch.select(OP, backend, device=device, prefer=_prefer(device, plan, q_len))
 
 
+def decode_step(plan, layer: int, model, dtype: torch.dtype, device, backend: str | None = None):
+    """The prepared decode step of ``layer``
+    (:class:`~kvi_engine.attention.decode_cpp.DecodeStep`) wherever :func:`prefix_attention` would run op
+    ``decode_attention``'s C++ kernel over the gathered KV for one query token (backend ``sdpa`` chosen for decode,
+    float32 CPU activations), else None. Same kernel, same arguments, so the same bits as the general path."""
+    from kvi_engine.attention.decode_cpp import DecodeStep
+    from kvi_engine.attention.split import decode_backend
+
+    name, _ = plan.cached(("backend", str(device), backend, True), lambda: select(device, backend, plan, 1))
+    if name != "sdpa":
+        return None
+    kernel, _ = plan.cached(("decode_attention", dtype, str(device)), lambda: decode_backend(dtype, device))
+    if kernel != "cpp":
+        return None
+    return DecodeStep(*injected_kv(plan, layer, model, dtype, device))
+
+
 def injected_lse(query, plan, layer, model, dtype, scaling=None):
     """Log-sum-exp of ``query`` over each injected segment (the shared prefix, then each capsule of the row):
     ``[batch, q_heads, q_len, 1 + max_capsules]`` float32, from the plan's gathered keys -- the attribution pass for
