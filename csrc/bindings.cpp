@@ -529,7 +529,11 @@ static void bind_attention(py::module_& m) {
             const int64_t B = p.batch, Hq = p.q_heads, H = p.kv_heads, Q = p.q_len, D = p.head_dim;
             p.query = nd_data<float>(query, "query", {B, Hq, Q, D});
             p.inj_k = nd_data<float>(inj_k, "inj_k", {B, H, p.slots, D});
-            p.inj_v = nd_data<float>(inj_v, "inj_v", {B, H, p.slots, D});
+            static const py::dtype f16("float16");
+            if (inj_v.dtype().is(f16))  // an fp16 bank's values, exact in half the bytes
+                p.inj_v16 = static_cast<const uint16_t*>(nd_raw(inj_v, "inj_v", f16, {B, H, p.slots, D}));
+            else
+                p.inj_v = nd_data<float>(inj_v, "inj_v", {B, H, p.slots, D});
             p.inj_valid = nd_data<uint8_t>(inj_valid, "inj_valid", {B, p.slots});
             p.own_k = nd_data<float>(own_k, "own_k", {B, H, p.kv_len, D});
             p.own_v = nd_data<float>(own_v, "own_v", {B, H, p.kv_len, D});
@@ -552,8 +556,8 @@ static void bind_attention(py::module_& m) {
         py::arg("own_mask").noconvert(), py::arg("out").noconvert(), py::arg("lse").noconvert(), py::arg("scale"),
         py::arg("segment").noconvert() = py::none(), py::arg("seg_lse").noconvert() = py::none(),
         py::arg("num_threads") = 0,
-        "Decode attention over float32 injected K/V already gathered and rotated (GIL released): query "
-        "[B, Hq, Q, D] attends to inj_k/inj_v [B, Hkv, S, D] where inj_valid [B, S] (uint8) and to own_k/own_v "
+        "Decode attention over float32 injected K/V already gathered and rotated (GIL released; inj_v may be "
+        "float16): query [B, Hq, Q, D] attends to inj_k/inj_v [B, Hkv, S, D] where inj_valid [B, S] (uint8) and to own_k/own_v "
         "[B, Hkv, T, D] (own_mask [B, Q, T] uint8, or None: causal) as one softmax; writes out [B, Hq, Q, D] and "
         "lse [B, Hq, Q] in place, and with segment [B, S] int32 (-1: none) the log-sum-exp over each segment into "
         "seg_lse [B, Hq, Q, n].");

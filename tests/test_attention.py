@@ -397,16 +397,18 @@ def test_prepared_decode_step_equals_the_general_path(monkeypatch):
     """inject's per-layer decode step (one native call over arrays bound once per plan) runs the general path's
     kernel on the same inputs: the same bits with padded, broadcast and causal (None) own masks. Where the general
     path would run anything else it is not offered."""
-    bank = bank_for("d64_gqa4", "int4")
-    plan = build_plan(bank, rows(bank, 6))
-    m, q, k, v = inputs("d64_gqa4", bank, 6, 1, 7)
-    pad = padded_mask(6, 1, 7)
-    for layer in range(bank.num_layers):
-        step = attention.decode_step(plan, layer, m, torch.float32, q.device)
-        for mask in (pad, pad[2:3], None):
-            want, _ = attention.prefix_attention(q, k, v, mask, plan, layer, m, 0.3)
-            shape = None if mask is None else tuple(mask.shape)
-            assert torch.equal(step(q, k, v, mask, 0.3), want), f"layer {layer}, mask {shape}"
+    for scheme, values in (("int4", torch.float32), ("fp16", torch.float16), ("bf16", torch.float32)):
+        bank = bank_for("d64_gqa4", scheme)
+        plan = build_plan(bank, rows(bank, 6))
+        m, q, k, v = inputs("d64_gqa4", bank, 6, 1, 7)
+        pad = padded_mask(6, 1, 7)
+        for layer in range(bank.num_layers):
+            step = attention.decode_step(plan, layer, m, torch.float32, q.device)
+            assert step.v_inj.dtype == torch.empty(0, dtype=values).numpy().dtype  # an fp16 bank's values stay fp16 (exact), others float32
+            for mask in (pad, pad[2:3], None):
+                want, _ = attention.prefix_attention(q, k, v, mask, plan, layer, m, 0.3)
+                shape = None if mask is None else tuple(mask.shape)
+                assert torch.equal(step(q, k, v, mask, 0.3), want), f"{scheme} layer {layer}, mask {shape}"
     assert attention.decode_step(build_plan(bank, rows(bank, 2)), 0, m, torch.float32, "cpu", "reference") is None
     monkeypatch.setenv("KVI_BACKEND_DECODE_ATTENTION", "reference")
     assert attention.decode_step(build_plan(bank, rows(bank, 2)), 0, m, torch.float32, "cpu") is None

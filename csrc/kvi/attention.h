@@ -15,6 +15,9 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include "kvi/parallel.h"
 #include "kvi/quant.h"
@@ -230,6 +233,7 @@ struct DecodeProblem {
     const float* query = nullptr;
     const float* inj_k = nullptr;
     const float* inj_v = nullptr;
+    const uint16_t* inj_v16 = nullptr;  // or the injected values as fp16 bits (exact for an fp16 bank's values)
     const uint8_t* inj_valid = nullptr;
     const float* own_k = nullptr;
     const float* own_v = nullptr;
@@ -251,13 +255,18 @@ inline vf reduce_lanes(const vf* a) {
     const vf t1 = __builtin_shufflevector(a[2], a[3], 0, 4, 2, 6) + __builtin_shufflevector(a[2], a[3], 1, 5, 3, 7);
     return __builtin_shufflevector(t0, t1, 0, 1, 4, 5) + __builtin_shufflevector(t0, t1, 2, 3, 6, 7);
 }
+inline vf load_half(const uint16_t* p) {  // kW fp16 values as floats (exact)
+    vf v;
+    for (int i = 0; i < kW; ++i) v[i] = quant::f16_to_f32(p[i]);
+    return v;
+}
 #include "kvi/decode_kernel.h"
 }  // namespace v4
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define KVI_ATTN_AVX2 1
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 namespace v8 {
 constexpr int kW = 8;
 #include "kvi/attention_kernel.h"
@@ -272,6 +281,12 @@ inline vf reduce_lanes(const vf* a) {  // as v4's, three rounds
     return __builtin_shufflevector(u[0], u[1], 0, 1, 2, 3, 8, 9, 10, 11) +
            __builtin_shufflevector(u[0], u[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
+inline vf load_half(const uint16_t* p) {  // one vcvtph2ps (F16C): exact
+    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    vf v;
+    std::memcpy(&v, &x, sizeof v);
+    return v;
+}
 #include "kvi/decode_kernel.h"
 }  // namespace v8
 #pragma GCC pop_options
@@ -280,7 +295,8 @@ inline vf reduce_lanes(const vf* a) {  // as v4's, three rounds
 // 8-wide AVX2/FMA kernels where the CPU has them (measured ~2x the SSE2 baseline on prefill), else 4-wide.
 inline bool use_avx2(int64_t head_dim) {
 #ifdef KVI_ATTN_AVX2
-    static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    static const bool cpu = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                            __builtin_cpu_supports("f16c");
     return cpu && head_dim % 8 == 0;
 #else
     (void)head_dim;
@@ -373,6 +389,8 @@ inline void split_decode(const DecodeProblem& p, int threads) {
     if (p.head_dim <= 0 || p.head_dim % 4) fail("head_dim must be a positive multiple of 4");
     if (p.segments && !p.segment) fail("segments > 0 needs the segment table");
     if (p.segments && !p.seg_lse) fail("segments > 0 needs seg_lse");
+    if ((p.inj_v != nullptr) == (p.inj_v16 != nullptr) && p.batch * p.slots > 0)
+        fail("the injected values come as float32 or as fp16, exactly one of them");
     if (p.batch == 0 || p.q_len == 0) return;
     if (p.segments)
         for (int64_t i = 0; i < p.batch * p.slots; ++i)

@@ -46,21 +46,26 @@ inline void decode_scores(const float* q, int64_t R, const float* k, int64_t n, 
 // acc[r] += sum_j e[r][j] * v_j over keys [0, n) (acc: R rows of D floats). Keys go in blocks small enough for L1:
 // each block's value rows come from memory once, then every (row block, channel chunk) pass over them -- with its
 // accumulators in registers -- reads them from L1.
-inline void decode_values(const float* e, int64_t stride, int64_t R, const float* v, int64_t n, int64_t D,
+// V is float32 or fp16 bits (converted exactly as loaded: half the bytes of the stream, the same sums).
+inline vf load_row(const float* p) { return loadv(p); }
+inline vf load_row(const uint16_t* p) { return load_half(p); }
+
+template <class V>
+inline void decode_values(const float* e, int64_t stride, int64_t R, const V* v, int64_t n, int64_t D,
                           float* acc) {
     for (int64_t j0 = 0; j0 < n; j0 += kValueBlock) {
         const int64_t nb = std::min<int64_t>(kValueBlock, n - j0);
         const int64_t next = std::min<int64_t>(kValueBlock, std::max<int64_t>(0, n - j0 - kValueBlock));
-        for (int64_t c = 0; c < next * D; c += 16) __builtin_prefetch(v + (j0 + kValueBlock) * D + c);
+        for (int64_t c = 0; c < next * D; c += 64 / sizeof(V)) __builtin_prefetch(v + (j0 + kValueBlock) * D + c);
         for (int64_t r0 = 0; r0 < R; r0 += kValueRows) {
             const int64_t nr = std::min<int64_t>(kValueRows, R - r0);
             for (int64_t d0 = 0; d0 < D; d0 += kValueVecs * kW) {
                 const int64_t nv = std::min<int64_t>(kValueVecs, (D - d0) / kW);
                 vf a[kValueRows][kValueVecs] = {};
                 for (int64_t j = j0; j < j0 + nb; ++j) {
-                    const float* vj = v + j * D + d0;
+                    const V* vj = v + j * D + d0;
                     vf vv[kValueVecs];
-                    for (int64_t c = 0; c < nv; ++c) vv[c] = loadv(vj + c * kW);
+                    for (int64_t c = 0; c < nv; ++c) vv[c] = load_row(vj + c * kW);
                     for (int64_t r = 0; r < nr; ++r) {
                         const vf w = splat(e[(r0 + r) * stride + j]);
                         for (int64_t c = 0; c < nv; ++c) a[r][c] += w * vv[c];
@@ -122,7 +127,10 @@ inline void split_decode_run(const DecodeProblem& p, int threads) {
             }
             denom[r] = hsum(sum);
         }
-        decode_values(s, width, R, p.inj_v + (b * Hkv + h) * S * D, S, D, w.acc.data());
+        if (p.inj_v16)
+            decode_values(s, width, R, p.inj_v16 + (b * Hkv + h) * S * D, S, D, w.acc.data());
+        else
+            decode_values(s, width, R, p.inj_v + (b * Hkv + h) * S * D, S, D, w.acc.data());
         decode_values(s + S, width, R, p.own_v + (b * Hkv + h) * T * D, T, D, w.acc.data());
         for (int64_t r = 0; r < R; ++r) {
             const int64_t row = (b * p.q_heads + h * g) * Q + r;  // [B, Hq, Q] flattened

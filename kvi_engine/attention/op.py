@@ -80,7 +80,8 @@ def decode_step(plan, layer: int, model, dtype: torch.dtype, device, backend: st
     kernel, _ = plan.cached(("decode_attention", dtype, str(device)), lambda: decode_backend(dtype, device))
     if kernel != "cpp":
         return None
-    return DecodeStep(*injected_kv(plan, layer, model, dtype, device))
+    fp16 = all(seg.spec.scheme == "fp16" for seg in plan.bank.segments)  # values exact in fp16
+    return DecodeStep(*injected_kv(plan, layer, model, dtype, device), values_fp16=fp16)
 
 
 def injected_lse(query, plan, layer, model, dtype, scaling=None):
