@@ -19,7 +19,7 @@ triton = ["triton"] if __import__("torch").cuda.is_available() else []
 want = ({("prefix_attention", b) for b in ["reference", "sdpa", "cpp"] + triton}
         | {(op, b) for op in ("codec_encode", "bank_dequant", "slot_gather", "decode_attention")
            for b in ("cpp", "reference")}
-        | {("build_plan", "numpy")}
+        | {("build_plan", "numpy"), ("decode_step", "cpp")}
         | {("traverse_2hop", b) for b in ("cpp", "reference", "networkx")}
         | {("link", b) for b in ("cpp", "reference", "pyahocorasick")})
 assert pairs == want, f"op x backend pairs missing: {sorted(want - pairs)}; unexpected: {sorted(pairs - want)}"

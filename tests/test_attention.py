@@ -409,6 +409,9 @@ def test_prepared_decode_step_equals_the_general_path(monkeypatch):
                 want, _ = attention.prefix_attention(q, k, v, mask, plan, layer, m, 0.3)
                 shape = None if mask is None else tuple(mask.shape)
                 assert torch.equal(step(q, k, v, mask, 0.3), want), f"{scheme} layer {layer}, mask {shape}"
+            want = attention.prefix_attention(q, k, v, pad, plan, layer, m, 0.3, capsule_lse=True)
+            got = step(q, k, v, pad, 0.3, capsule_lse=True)  # attribution: out, lse and per-segment lse
+            assert all(torch.equal(g, w) for g, w in zip(got, want)), f"{scheme} layer {layer}, capsule_lse"
     assert attention.decode_step(build_plan(bank, rows(bank, 2)), 0, m, torch.float32, "cpu", "reference") is None
     monkeypatch.setenv("KVI_BACKEND_DECODE_ATTENTION", "reference")
     assert attention.decode_step(build_plan(bank, rows(bank, 2)), 0, m, torch.float32, "cpu") is None

@@ -52,3 +52,25 @@ def test_decode_attention(benchmark, make_plan, backend):
     run()
     benchmark.extra_info.update(op=OP, backend=backend, injected_tokens=int(plan.valid.sum()) // plan.batch_size)
     benchmark(run)
+
+
+@pytest.mark.parametrize("values", ["fp32", "fp16"])
+def test_decode_step(benchmark, make_plan, values):
+    """inject's prepared decode step (``DecodeStep``): the C++ kernel over arrays bound once per plan, the injected
+    values as gathered (float32) or kept in fp16 (what an fp16 bank's step does); against test_decode_attention's
+    cpp entry this is the per-call Python the step saves."""
+    from kvi_engine.attention.decode_cpp import DecodeStep
+    from kvi_engine.plan.gather import injected_kv
+
+    plan = make_plan("fp16")
+    m, _ = model()
+    q, k, v = activations(1, PROMPT + 1)
+    step = DecodeStep(*injected_kv(plan, 0, m, q.dtype, q.device), values_fp16=values == "fp16")
+
+    def run():
+        step(q, k, v)
+
+    run()
+    benchmark.extra_info.update(op="decode_step", backend="cpp", values=values,
+                                injected_tokens=int(plan.valid.sum()) // plan.batch_size)
+    benchmark(run)

@@ -23,7 +23,7 @@ def decode_attention_cpp(query, k_inj, v_inj, inj_valid, own_k, own_v, own_visib
     lse = torch.empty(B, Hq, Q)
     seg = seg_lse = None
     if segments is not None:
-        seg = torch.where(segments.bool().any(-1), segments.argmax(-1), -1).to(torch.int32).numpy()
+        seg = _segment_index(segments)
         seg_lse = torch.empty(B, Hq, Q, segments.shape[-1])
     # bool masks are read as their bytes (a view, no copy); contiguous() is free on the usual contiguous inputs
     mask = None if own_visible is None else _bytes(own_visible)
@@ -45,9 +45,10 @@ class DecodeStep:
     ``values_fp16``: keep the injected values as fp16, which the kernel converts as it loads them -- exact for an
     fp16 bank, whose values are fp16 numbers (the keys are not: they are rotated in float32), and a quarter less
     memory traffic a step. The copy is the step's own (the plan's float32 gather stays for the other paths)."""
-    __slots__ = ("_tensors", "k_inj", "v_inj", "valid")
+    __slots__ = ("_tensors", "k_inj", "v_inj", "valid", "_segments", "_segment")
 
-    def __init__(self, k_inj: torch.Tensor, v_inj: torch.Tensor, inj_valid: torch.Tensor, values_fp16: bool = False):
+    def __init__(self, k_inj: torch.Tensor, v_inj: torch.Tensor, inj_valid: torch.Tensor, values_fp16: bool = False,
+                 segments=None):
         if k_inj.dtype != torch.float32 or k_inj.device.type != "cpu":
             raise dispatch.BackendUnavailable(f"the C++ decode attention runs on float32 CPU tensors, got "
                                               f"{k_inj.dtype} on {k_inj.device}")
@@ -55,11 +56,12 @@ class DecodeStep:
         self._tensors = (k_inj.contiguous(), v_inj.contiguous(), inj_valid.contiguous())  # what the arrays view
         self.k_inj, self.v_inj = self._tensors[0].numpy(), self._tensors[1].numpy()
         self.valid = _bytes(self._tensors[2])
+        self._segments, self._segment = segments, None  # one-hot [B, S, n] (or a function giving it): attribution
 
-    def __call__(self, query, own_k, own_v, own_mask=None, scaling=None) -> torch.Tensor:
+    def __call__(self, query, own_k, own_v, own_mask=None, scaling=None, capsule_lse: bool = False):
         """``out [B, Hq, Q, D]`` of :func:`decode_attention_cpp` for ``query [B, Hq, Q, D]`` over the bound
         injected KV and ``own_k/own_v [B, Hkv, T, D]``; ``own_mask`` bool ``[B or 1, 1, Q or 1, T]`` (True =
-        attend) or None (causal)."""
+        attend) or None (causal). With ``capsule_lse``: ``(out, lse, seg_lse)`` over the bound segments."""
         from kvi_engine import _core
 
         B, Hq, Q, D = query.shape
@@ -67,10 +69,24 @@ class DecodeStep:
         mask = None if own_mask is None else _bytes(own_mask.expand(B, 1, Q, T)).reshape(B, Q, T)
         out = torch.empty(B, Hq, Q, D)
         lse = torch.empty(B, Hq, Q)
+        seg = seg_lse = None
+        if capsule_lse:
+            if self._segment is None:  # the slot -> segment table, once per plan
+                one_hot = self._segments() if callable(self._segments) else self._segments
+                if one_hot is None:
+                    raise ValueError("this decode step was built without the plan's segments")
+                self._segment = (_segment_index(one_hot), one_hot.shape[-1])
+            seg, n = self._segment
+            seg_lse = torch.empty(B, Hq, Q, n)
         _core.decode_attention(_array(query), self.k_inj, self.v_inj, self.valid, _array(own_k), _array(own_v), mask,
-                               out.numpy(), lse.numpy(), scaling if scaling is not None else 1 / math.sqrt(D), None,
-                               None, torch.get_num_threads())
-        return out
+                               out.numpy(), lse.numpy(), scaling if scaling is not None else 1 / math.sqrt(D), seg,
+                               None if seg_lse is None else seg_lse.numpy(), torch.get_num_threads())
+        return (out, lse, seg_lse) if capsule_lse else out
+
+
+def _segment_index(segments: torch.Tensor):
+    """One-hot ``segments [B, S, n]`` as the kernel's int32 ``[B, S]`` table (-1: a slot of no segment)."""
+    return torch.where(segments.bool().any(-1), segments.argmax(-1), -1).to(torch.int32).numpy()
 
 
 def _array(x: torch.Tensor):

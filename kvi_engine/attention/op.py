@@ -81,7 +81,8 @@ def decode_step(plan, layer: int, model, dtype: torch.dtype, device, backend: st
     if kernel != "cpp":
         return None
     fp16 = all(seg.spec.scheme == "fp16" for seg in plan.bank.segments)  # values exact in fp16
-    return DecodeStep(*injected_kv(plan, layer, model, dtype, device), values_fp16=fp16)
+    return DecodeStep(*injected_kv(plan, layer, model, dtype, device), values_fp16=fp16,
+                      segments=lambda: plan.segments(device))
 
 
 def injected_lse(query, plan, layer, model, dtype, scaling=None):

@@ -72,15 +72,19 @@ def _kvi_attention(module, query, key, value, attention_mask, scaling=None, drop
         mask = mask[:, :, :, : key.shape[2]]
     if state.on_query is not None:
         state.on_query(module.layer_idx, query)
-    if query.shape[2] == 1 and state.on_attention is None and (mask is None or mask.dtype == torch.bool):
+    if query.shape[2] == 1 and (mask is None or mask.dtype == torch.bool):
         # Decode: the layer's prepared step where the general path would run the C++ decode kernel (built once per
         # plan; False caches "not here"). Its key starts with the layer, so plan.forget drops it with the gather.
         layer = module.layer_idx
         step = plan.cached((layer, "decode_step", query.dtype, query.device),
                            lambda: attention.decode_step(plan, layer, state.model, query.dtype, query.device,
                                                          state.backend) or False)
-        if step:
+        if step and state.on_attention is None:
             return step(query, key, value, mask, scaling).transpose(1, 2).contiguous(), None
+        if step:  # attribution: the per-segment lse from the same exponentials
+            out, lse, seg = step(query, key, value, mask, scaling, capsule_lse=True)
+            state.on_attention(layer, plan, seg, lse)
+            return out.transpose(1, 2).contiguous(), None
     if state.on_attention is not None:  # per-capsule attention mass of each row's last query (attribution)
         layer = module.layer_idx
         if query.shape[2] == 1:
