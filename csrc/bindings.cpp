@@ -488,7 +488,13 @@ static void bind_attention(py::module_& m) {
             p.head_dim = out_k.shape(3);
             const int64_t B = p.batch, H = p.kv_heads, S = p.num_slots, D = p.head_dim;
             auto* ok = const_cast<float*>(nd_data<float>(out_k, "out_k", {B, H, S, D}));
-            auto* ov = const_cast<float*>(nd_data<float>(out_v, "out_v", {B, H, S, D}));
+            static const py::dtype f16("float16");
+            float* ov = nullptr;
+            uint16_t* ov16 = nullptr;  // fp16 values (fp16 storage only; gather_slots checks)
+            if (out_v.dtype().is(f16))
+                ov16 = static_cast<uint16_t*>(const_cast<void*>(nd_raw(out_v, "out_v", f16, {B, H, S, D})));
+            else
+                ov = const_cast<float*>(nd_data<float>(out_v, "out_v", {B, H, S, D}));
             p.bank_k = bank_source(bank_k, bank_format, "bank_k", H, D, k_scale, k_zero, group_size, key_per_capsule);
             p.bank_v = bank_source(bank_v, bank_format, "bank_v", H, D, v_scale, v_zero, group_size);
             p.prefix_k = bank_source(prefix_k, prefix_format, "prefix_k", H, D);
@@ -500,7 +506,7 @@ static void bind_attention(py::module_& m) {
             p.cos = nd_data<float>(cos, "cos", {B, S, D / 2});
             p.sin = nd_data<float>(sin, "sin", {B, S, D / 2});
             py::gil_scoped_release nogil;
-            kvi::attn::gather_slots(p, static_cast<int>(num_threads), ok, ov);
+            kvi::attn::gather_slots(p, static_cast<int>(num_threads), ok, ov, ov16);
         },
         py::arg("bank_k").noconvert(), py::arg("bank_v").noconvert(), py::arg("bank_format"),
         py::arg("prefix_k").noconvert(), py::arg("prefix_v").noconvert(), py::arg("prefix_format"),
@@ -511,8 +517,8 @@ static void bind_attention(py::module_& m) {
         py::arg("group_size") = 0, py::arg("key_per_capsule") = false, py::arg("capsule_row").noconvert() = py::none(),
         py::arg("num_threads") = 0,
         "The unfused path's gather, fused (GIL released): writes every visible slot's key, dequantised and rotated by "
-        "cos/sin [B, slots, D/2], and value into out_k/out_v [B, kv_heads, slots, D] float32; bank and table "
-        "arguments as prefix_attention's.");
+        "cos/sin [B, slots, D/2], and value into out_k/out_v [B, kv_heads, slots, D] float32 (out_v may be float16 "
+        "for fp16 storage: the values' own bits); bank and table arguments as prefix_attention's.");
     m.def(
         "decode_attention",
         [](py::array query, py::array inj_k, py::array inj_v, py::array inj_valid, py::array own_k, py::array own_v,

@@ -93,14 +93,16 @@ def prefix_attention(query: npt.NDArray[np.float32], own_k: npt.NDArray[np.float
 def prefix_gather(bank_k: np.ndarray, bank_v: np.ndarray, bank_format: str, prefix_k: np.ndarray, prefix_v: np.ndarray,
                   prefix_format: str, token: npt.NDArray[np.int32], visible: npt.NDArray[np.uint8],
                   cos: npt.NDArray[np.float32], sin: npt.NDArray[np.float32], out_k: npt.NDArray[np.float32],
-                  out_v: npt.NDArray[np.float32], k_scale: np.ndarray | None = None, k_zero: np.ndarray | None = None,
+                  out_v: npt.NDArray[np.float32] | npt.NDArray[np.float16], k_scale: np.ndarray | None = None, k_zero: np.ndarray | None = None,
                   v_scale: np.ndarray | None = None, v_zero: np.ndarray | None = None, group_size: int = 0,
                   key_per_capsule: bool = False, capsule_row: npt.NDArray[np.int32] | None = None,
                   num_threads: int = 0) -> None:
     """Writes every visible slot's key (dequantised, rotated) and value into out_k/out_v [B, Hkv, slots, D] float32
-    in place; other slots are left as they are. Bank and table arguments as prefix_attention's."""
+    in place; other slots are left as they are. out_v may be float16 for fp16 storage (the values' own bits). Bank
+    and table arguments as prefix_attention's."""
 
-def decode_attention(query: npt.NDArray[np.float32], inj_k: npt.NDArray[np.float32], inj_v: npt.NDArray[np.float32],
+def decode_attention(query: npt.NDArray[np.float32], inj_k: npt.NDArray[np.float32],
+                     inj_v: npt.NDArray[np.float32] | npt.NDArray[np.float16],
                      inj_valid: npt.NDArray[np.uint8], own_k: npt.NDArray[np.float32],
                      own_v: npt.NDArray[np.float32], own_mask: npt.NDArray[np.uint8] | None,
                      out: npt.NDArray[np.float32], lse: npt.NDArray[np.float32], scale: float,
@@ -108,4 +110,5 @@ def decode_attention(query: npt.NDArray[np.float32], inj_k: npt.NDArray[np.float
                      num_threads: int = 0) -> None:
     """Writes out [B, Hq, Q, D] and lse [B, Hq, Q] in place: query attends to the gathered, rotated injected K/V
     [B, Hkv, S, D] (inj_valid [B, S]) and its own K/V [B, Hkv, T, D] (own_mask [B, Q, T], None: causal) as one
-    softmax; with segment [B, S] (-1: none) also seg_lse [B, Hq, Q, n], the log-sum-exp over each segment."""
+    softmax; with segment [B, S] (-1: none) also seg_lse [B, Hq, Q, n], the log-sum-exp over each segment. inj_v
+    may be float16 (converted exactly as it loads)."""

@@ -273,6 +273,26 @@ def test_cpp_slot_gather_equals_pytorch_bit_for_bit(scheme):
             assert not got_k[~seen].any(), "slots masked at this layer stay zero"
 
 
+def test_cpp_slot_gather_of_fp16_values_copies_their_bits():
+    """An fp16 bank's values gathered as fp16 (the decode step's copy): the stored bits, equal to the float32
+    gather's values; keys as in the float32 gather. Storage whose values are not fp16 numbers is refused."""
+    for dims, segments in (("tiny", 1), ("d64_gqa4", 1)):
+        bank = bank_for(dims, "fp16", segments)
+        m, _ = tiny(dims)
+        plan = build_plan(bank, rows(bank, 5, seed=3) + [list(range(bank.num_capsules))])
+        assert gather.fp16_values(plan)
+        for layer in range(bank.num_layers):
+            want_k, want_v = gather.gather_reference(plan, layer, m, torch.float32, "cpu")
+            got_k, got_v = gather.gather_cpp(plan, layer, m, torch.float32, "cpu", values=torch.float16)
+            seen = plan.slot_valid(layer)[:, None, :, None].expand_as(want_k)
+            assert got_v.dtype == torch.float16 and torch.equal(got_v.float()[seen], want_v[seen]), (dims, layer)
+            assert torch.equal(got_k[seen], want_k[seen]) and not got_v[~seen].any(), (dims, layer)
+    plan = build_plan(bank_for("tiny", "int8"), [[0, 1]])
+    assert not gather.fp16_values(plan)
+    with pytest.raises(ValueError, match="fp16 out_v needs fp16 storage"):
+        gather.gather_cpp(plan, 0, tiny("tiny")[0], torch.float32, "cpu", values=torch.float16)
+
+
 def test_slot_gather_dispatch(monkeypatch):
     bank = bank_for("tiny", "int8")
     m, _ = tiny("tiny")

@@ -39,19 +39,27 @@ def gather_reference(plan, layer: int, model, dtype, device) -> tuple[torch.Tens
     return rope.apply_rope(k, cos, sin).contiguous(), v
 
 
-def gather_cpp(plan, layer: int, model, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_cpp(plan, layer: int, model, dtype, device, values: torch.dtype = torch.float32
+               ) -> tuple[torch.Tensor, torch.Tensor]:
     """One C++ pass over the plan's tokens (float32, CPU), bit-identical to :func:`gather_reference` on visible
-    slots; slots masked at ``layer`` hold zeros (attention never reads them)."""
+    slots; slots masked at ``layer`` hold zeros (attention never reads them). ``values=torch.float16`` (fp16
+    storage only, see :func:`fp16_values`): the values as their stored fp16 bits, no float32 copy."""
     from kvi_engine import _core
 
     if not (dtype == torch.float32 and dispatch.device_type(device) == "cpu"):
         raise dispatch.BackendUnavailable(f"the C++ slot gather writes float32 on the CPU, not {dtype} on {device}")
     shape = plan.bank.shape
     k = torch.zeros(plan.batch_size, shape.num_kv_heads, plan.num_slots, shape.head_dim)
-    v = torch.zeros_like(k)
+    v = torch.zeros_like(k, dtype=values)
     for args in native_args(plan, layer, torch.float32):
         _core.prefix_gather(out_k=k.numpy(), out_v=v.numpy(), num_threads=torch.get_num_threads(), **args)
     return k, v
+
+
+def fp16_values(plan) -> bool:
+    """Whether every injected value of ``plan`` is stored as fp16 (an fp16 bank: its prefix is fp16 too), so a copy
+    of the values in fp16 is exact."""
+    return all(seg.spec.scheme == "fp16" for seg in plan.bank.segments)
 
 
 def gather(plan, layer: int, model, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
