@@ -4,7 +4,10 @@ import math
 import pytest
 import torch
 
+from kvi_engine.bank.quant import decode, encode_rows
+from kvi_engine.bank.spec import QuantSpec
 from kvi_engine.compile.compiler import compile_bank
+from kvi_engine.eval import coders
 from kvi_engine.eval.bank_accuracy import evaluate, noise_label, perturbed_bank, wilson
 from kvi_engine.testing.helpers import CAPSULES, model, tokenizer
 
@@ -39,9 +42,10 @@ def test_perturbed_bank_has_the_requested_error_and_nothing_else_changes(tmp_pat
 def test_evaluate_rows(tmp_path):
     m, tok = model("qwen3", True), tokenizer(True)
     rows = evaluate(m, tok, CAPSULES, PROMPTS, ["int8", "int2"], capsules_per_prompt=2, draws=2, noise=[0.01],
-                    work_dir=tmp_path)
+                    work_dir=tmp_path, simulate=["int2+hadamard"])
     by = {r["scheme"]: r for r in rows}
-    assert list(by) == ["fp16", "int8", "int2", noise_label(0.01)] and noise_label(0.01) == "noise@1%"
+    assert list(by) == ["fp16", "int8", "int2", noise_label(0.01), "int2+hadamard"] and noise_label(0.01) == "noise@1%"
+    assert by["int2+hadamard"]["simulated"] and by["int2+hadamard"]["bytes_ratio"] == by["int2"]["bytes_ratio"]
     n_tokens = sum(len(tok(p, add_special_tokens=False).input_ids) for p in PROMPTS)
     assert all(r["positions"] == 2 * n_tokens for r in rows)
     ref = by["fp16"]
@@ -69,3 +73,48 @@ def test_kvi_accuracy_command_passes_draws_and_noise(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [r["scheme"] for r in rows] == ["fp16", "int8", "noise@1%"]
     assert len({r["positions"] for r in rows}) == 1
+
+
+def test_simulated_coders_are_the_reference_codec_around_their_transform(tmp_path):
+    """A simulated bank holds decode(encode(x R)) R^T per layer and kv head (R: scipy's Sylvester Hadamard matrix,
+    an independent construction), in the same token order as the reference bank."""
+    from scipy.linalg import hadamard
+
+    m, tok = model("llama", True), tokenizer(True)
+    ref = compile_bank(m, tok, CAPSULES, tmp_path / "ref", quant="fp16", progress=False)
+    sim = coders.simulated_bank(ref, tmp_path / "h", "int4+hadamard")
+    D, spec = ref.shape.head_dim, QuantSpec.parse("int4")
+    rot = torch.tensor(hadamard(D) / math.sqrt(D), dtype=torch.float32)
+    for layer in range(ref.num_layers):
+        for got, x in zip(sim.layer_kv(layer), ref.layer_kv(layer)):
+            for h in range(x.shape[1]):
+                codes, scale, zero = encode_rows(x[:, h].float() @ rot, spec)
+                want = decode(codes, scale, zero, "int4") @ rot.T
+                torch.testing.assert_close(got[:, h].float(), want, atol=1e-5, rtol=0)
+
+
+def test_coders_take_out_what_a_per_token_range_wastes():
+    """On rows with one outlier channel (keys, KIVI) the rotations beat the plain per-token code; on rows that are
+    mostly one constant vector (the reader's early-layer keys) the per-channel statistics do."""
+    g = torch.Generator().manual_seed(0)
+    spec = QuantSpec.parse("int4")
+    x = torch.randn(512, 2, 64, generator=g)
+    outlier, offset = x.clone(), x + 8 * torch.randn(1, 2, 64, generator=g)
+    outlier[:, :, 5] *= 30
+
+    def err(y, coder=None):
+        if coder:
+            got = torch.from_numpy(coders.simulate(y.numpy(), spec, coder))
+        else:
+            codes, scale, zero = encode_rows(y.reshape(-1, 64), spec)
+            got = decode(codes, scale, zero, "int4").reshape(y.shape)
+        return float((got - y).norm() / y.norm())
+
+    assert err(outlier, "hadamard") < 0.5 * err(outlier) and err(outlier, "rotate") < 0.75 * err(outlier)
+    assert err(offset, "mean-scale") < 0.25 * err(offset)
+    with pytest.raises(ValueError, match="unknown simulated coder"):
+        coders.parse("int4+dct")
+    with pytest.raises(ValueError, match="per-token quantised scheme"):
+        coders.parse("fp16+hadamard")
+    with pytest.raises(ValueError, match="power-of-2"):
+        coders.hadamard(48)

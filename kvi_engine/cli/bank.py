@@ -91,6 +91,7 @@ def cmd_recompile(args) -> int:
 
 def cmd_accuracy(args) -> int:
     from kvi_engine.capsules.capsule import load_capsules
+    from kvi_engine.eval import coders
     from kvi_engine.eval.bank_accuracy import evaluate, format_table
     from kvi_engine.utils.jsonl import read_jsonl
     caps = load_capsules(args.capsules)
@@ -102,8 +103,11 @@ def cmd_accuracy(args) -> int:
     prompts = prompts[:args.prompts]
     model, tok = load_model_from(args)
     noise = [float(x) for x in args.noise.split(",")] if args.noise else []
+    simulate = [c for c in args.simulate.split(",") if c]
+    for c in simulate:
+        coders.parse(c)  # a bad label fails before any model work
     rows = evaluate(model, tok, caps, prompts, args.schemes.split(","), capsules_per_prompt=args.per_prompt,
-                    draws=args.draws, noise=noise)
+                    draws=args.draws, noise=noise, simulate=simulate)
     print(format_table(rows, f"{len(prompts)} prompts x {args.draws} draws x {args.per_prompt} capsules, "
                              "reference fp16"))
     if args.json:
@@ -162,6 +166,8 @@ def _verbs(sub, *, hidden: bool) -> None:
     p.add_argument("--draws", type=int, default=1, help="random capsule sets per prompt")
     p.add_argument("--noise", default="", help="comma-separated relative K/V errors of Gaussian noise-floor rows, "
                                                 "e.g. 0.005,0.01,0.045")
+    p.add_argument("--simulate", default="", help="comma-separated candidate coders simulated on the bank, e.g. "
+                                                   "int4+hadamard,int4+rotate,int4+mean-scale")
     p.add_argument("--json", help="also write the rows as JSON here")
     add_model_args(p)
 

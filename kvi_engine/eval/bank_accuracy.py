@@ -9,7 +9,8 @@ reference attention, the oracle of every backend.
 Noise floor: rows ``noise@<e>%`` are fp32 copies of the fp16 bank whose keys and values carry Gaussian noise of
 relative RMS ``e`` per (token, head) row. They show the top-1 agreement that *any* scheme whose errors act like noise
 of that size reaches on the model, which, with the rate-distortion bound of a Gaussian source (relative RMS error
->= 2^-R at R bits per element), bounds what a given byte budget can reach.
+>= 2^-R at R bits per element), bounds what a given byte budget can reach. Rows ``<scheme>+<coder>`` are candidate
+coders simulated on the bank (:mod:`kvi_engine.eval.coders`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from kvi_engine.bank import updates as bank_updates
 from kvi_engine.bank.bank import KVBank
 from kvi_engine.capsules.capsule import Capsule
 from kvi_engine.compile.compiler import compile_bank
+from kvi_engine.eval import coders
 from kvi_engine.generate.inject import inject
 from kvi_engine.plan.plan import build_plan
 
@@ -86,16 +88,18 @@ def _kv_rel_err(bank: KVBank, ref: KVBank) -> float:
 @torch.no_grad()
 def evaluate(model, tokenizer, capsules: Sequence[Capsule], prompts: Sequence[str], schemes=DEFAULT_SCHEMES, *,
              capsules_per_prompt: int = 4, draws: int = 1, noise: Sequence[float] = (), seed: int = 0,
-             work_dir: str | Path | None = None) -> list[dict]:
-    """One row per scheme (fp16 first, the reference), then one per noise level: bytes ratio, KV and attention
-    relative errors, KL, top-1 agreement. Each prompt is asked ``draws`` times with independent random capsule
-    sets (draw 1 is the same for any ``draws``)."""
+             work_dir: str | Path | None = None, simulate: Sequence[str] = ()) -> list[dict]:
+    """One row per scheme (fp16 first, the reference), then one per noise level, then one per simulated coder
+    (:mod:`kvi_engine.eval.coders`, e.g. ``"int4+hadamard"``; bytes ratio: the wrapped scheme's): bytes ratio, KV
+    and attention relative errors, KL, top-1 agreement. Each prompt is asked ``draws`` times with independent
+    random capsule sets (draw 1 is the same for any ``draws``)."""
     with contextlib.ExitStack() as stack:
         work = Path(work_dir) if work_dir else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         ref = compile_bank(model, tokenizer, capsules, work / "fp16", quant="fp16", progress=False)
         banks = {s: compile_bank(model, tokenizer, capsules, work / s.replace(":", "_"), quant=s, progress=False)
                  for s in schemes}
         banks.update({noise_label(e): perturbed_bank(ref, work / f"noise{i}", e, seed) for i, e in enumerate(noise)})
+        banks.update({c: coders.simulated_bank(ref, work / f"sim{i}", c, seed) for i, c in enumerate(simulate)})
         rng = random.Random(seed)
         runs = []
         for _ in range(draws):
@@ -109,6 +113,11 @@ def evaluate(model, tokenizer, capsules: Sequence[Capsule], prompts: Sequence[st
                 runs.append((ids, prompt, queries, logits))
         rows = [_row("fp16", ref, ref, model, runs)]
         rows += [_row(s, b, ref, model, runs) for s, b in banks.items()]
+        for r in rows:
+            if r["scheme"] in simulate:  # stored as fp32; a bank in that coder would take the wrapped scheme's bytes
+                r["bytes_ratio"] = coders.bytes_ratio(coders.parse(r["scheme"])[0], ref.shape.head_dim)
+                r["bytes_per_token"] = r["bytes_ratio"] * ref.bytes_per_token
+                r["simulated"] = True
         return rows
 
 
