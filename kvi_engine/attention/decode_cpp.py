@@ -42,9 +42,10 @@ class DecodeStep:
     choice, gather lookup, mask and array conversions) cost several times the kernel's own work on short contexts,
     more than HF's plain SDPA path costs (``kvi bench overhead``, decode ratio at 1 capsule: 0.92 -> ~1.0).
 
-    ``values_fp16``: keep the injected values as fp16, which the kernel converts as it loads them -- exact for an
-    fp16 bank, whose values are fp16 numbers (the keys are not: they are rotated in float32), and a quarter less
-    memory traffic a step. The copy is the step's own (the plan's float32 gather stays for the other paths)."""
+    Values may come as fp16 (``values_fp16`` converts float32 ones), which the kernel converts as it loads them --
+    exact for an fp16 bank, whose values are fp16 numbers (the keys are not: they are rotated in float32), and a
+    quarter less memory traffic a step (:func:`kvi_engine.attention.op.decode_step` gathers them so for such banks).
+    ``segments``: the plan's one-hot slot segments, or a function giving them, for ``capsule_lse`` (attribution)."""
     __slots__ = ("_tensors", "k_inj", "v_inj", "valid", "_segments", "_segment")
 
     def __init__(self, k_inj: torch.Tensor, v_inj: torch.Tensor, inj_valid: torch.Tensor, values_fp16: bool = False,
