@@ -306,10 +306,10 @@ inline bool use_avx2(int64_t head_dim) {
 
 // The unfused path's gather, fused: every visible slot's key (dequantised, rotated to its slot) and value as fp32
 // (or fp16 bits, see gather_slots), into out_k/out_v [batch, kv_heads, num_slots, head_dim] (other slots are left as
-// they are). One pass over the
-// plan's tokens instead of PyTorch's gather, concatenate, transpose and five rotation ops. Products and sums are
-// rounded one by one, never fused (this is compiled for the baseline target, and contraction is switched off where
-// a compiler could use FMA), so the result equals the PyTorch gather + rotation bit for bit.
+// they are). One pass over the plan's tokens instead of PyTorch's gather, concatenate, transpose and five rotation
+// ops. Products and sums are rounded one by one, never fused (this is compiled for the baseline target, and
+// contraction is switched off where a compiler could use FMA), so the result equals the PyTorch gather + rotation
+// bit for bit.
 template <Format F>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
