@@ -50,6 +50,37 @@ inline void decode_scores(const float* q, int64_t R, const float* k, int64_t n, 
 inline vf load_row(const float* p) { return loadv(p); }
 inline vf load_row(const uint16_t* p) { return load_half(p); }
 
+// One (row block, channel chunk) pass over a value block: NR x NV accumulators in registers (compile-time bounds,
+// or GCC keeps the array on the stack and every FMA becomes a load and a store), the NR weights of a key splat
+// once, each value vector loaded once for all NR rows.
+template <int NR, int NV, class V>
+inline void value_chunk(const float* e, int64_t stride, const V* v, int64_t j0, int64_t nb, int64_t D, int64_t d0,
+                        float* acc) {
+    vf a[NR][NV] = {};
+    for (int64_t j = j0; j < j0 + nb; ++j) {
+        vf w[NR];
+        for (int r = 0; r < NR; ++r) w[r] = splat(e[r * stride + j]);
+        const V* vj = v + j * D + d0;
+        for (int c = 0; c < NV; ++c) {
+            const vf vv = load_row(vj + c * kW);
+            for (int r = 0; r < NR; ++r) a[r][c] += w[r] * vv;
+        }
+    }
+    for (int r = 0; r < NR; ++r)
+        for (int c = 0; c < NV; ++c) {
+            float* o = acc + r * D + d0 + c * kW;
+            storev(o, loadv(o) + a[r][c]);
+        }
+}
+
+template <int NR, class V>
+inline void value_rows(const float* e, int64_t stride, const V* v, int64_t j0, int64_t nb, int64_t D, float* acc) {
+    int64_t d0 = 0;
+    for (; d0 + kValueVecs * kW <= D; d0 += kValueVecs * kW)
+        value_chunk<NR, kValueVecs>(e, stride, v, j0, nb, D, d0, acc);
+    for (; d0 < D; d0 += kW) value_chunk<NR, 1>(e, stride, v, j0, nb, D, d0, acc);
+}
+
 template <class V>
 inline void decode_values(const float* e, int64_t stride, int64_t R, const V* v, int64_t n, int64_t D,
                           float* acc) {
@@ -57,27 +88,11 @@ inline void decode_values(const float* e, int64_t stride, int64_t R, const V* v,
         const int64_t nb = std::min<int64_t>(kValueBlock, n - j0);
         const int64_t next = std::min<int64_t>(kValueBlock, std::max<int64_t>(0, n - j0 - kValueBlock));
         for (int64_t c = 0; c < next * D; c += 64 / sizeof(V)) __builtin_prefetch(v + (j0 + kValueBlock) * D + c);
-        for (int64_t r0 = 0; r0 < R; r0 += kValueRows) {
-            const int64_t nr = std::min<int64_t>(kValueRows, R - r0);
-            for (int64_t d0 = 0; d0 < D; d0 += kValueVecs * kW) {
-                const int64_t nv = std::min<int64_t>(kValueVecs, (D - d0) / kW);
-                vf a[kValueRows][kValueVecs] = {};
-                for (int64_t j = j0; j < j0 + nb; ++j) {
-                    const V* vj = v + j * D + d0;
-                    vf vv[kValueVecs];
-                    for (int64_t c = 0; c < nv; ++c) vv[c] = load_row(vj + c * kW);
-                    for (int64_t r = 0; r < nr; ++r) {
-                        const vf w = splat(e[(r0 + r) * stride + j]);
-                        for (int64_t c = 0; c < nv; ++c) a[r][c] += w * vv[c];
-                    }
-                }
-                for (int64_t r = 0; r < nr; ++r)
-                    for (int64_t c = 0; c < nv; ++c) {
-                        float* o = acc + (r0 + r) * D + d0 + c * kW;
-                        storev(o, loadv(o) + a[r][c]);
-                    }
-            }
-        }
+        int64_t r0 = 0;
+        for (; r0 + kValueRows <= R; r0 += kValueRows)
+            value_rows<kValueRows>(e + r0 * stride, stride, v, j0, nb, D, acc + r0 * D);
+        if (R - r0 == 2) value_rows<2>(e + r0 * stride, stride, v, j0, nb, D, acc + r0 * D);
+        if (R - r0 == 1) value_rows<1>(e + r0 * stride, stride, v, j0, nb, D, acc + r0 * D);
     }
 }
 
