@@ -480,7 +480,7 @@ static void bind_attention(py::module_& m) {
            const std::string& prefix_format, py::array token, py::array visible, py::array cos, py::array sin,
            py::array out_k, py::array out_v, std::optional<py::array> k_scale, std::optional<py::array> k_zero,
            std::optional<py::array> v_scale, std::optional<py::array> v_zero, int64_t group_size,
-           bool key_per_capsule, std::optional<py::array> capsule_row, int64_t num_threads) {
+           bool key_per_capsule, std::optional<py::array> capsule_row, int64_t num_threads, bool zero_masked) {
             if (out_k.ndim() != 4) throw std::invalid_argument("out_k must be 4-D [batch, kv_heads, slots, head_dim]");
             if (!out_k.writeable() || !out_v.writeable()) throw std::invalid_argument("out_k and out_v must be writeable");
             kvi::attn::Problem p;
@@ -506,7 +506,7 @@ static void bind_attention(py::module_& m) {
             p.cos = nd_data<float>(cos, "cos", {B, S, D / 2});
             p.sin = nd_data<float>(sin, "sin", {B, S, D / 2});
             py::gil_scoped_release nogil;
-            kvi::attn::gather_slots(p, static_cast<int>(num_threads), ok, ov, ov16);
+            kvi::attn::gather_slots(p, static_cast<int>(num_threads), ok, ov, ov16, zero_masked);
         },
         py::arg("bank_k").noconvert(), py::arg("bank_v").noconvert(), py::arg("bank_format"),
         py::arg("prefix_k").noconvert(), py::arg("prefix_v").noconvert(), py::arg("prefix_format"),
@@ -515,10 +515,11 @@ static void bind_attention(py::module_& m) {
         py::arg("k_scale").noconvert() = py::none(), py::arg("k_zero").noconvert() = py::none(),
         py::arg("v_scale").noconvert() = py::none(), py::arg("v_zero").noconvert() = py::none(),
         py::arg("group_size") = 0, py::arg("key_per_capsule") = false, py::arg("capsule_row").noconvert() = py::none(),
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("zero_masked") = false,
         "The unfused path's gather, fused (GIL released): writes every visible slot's key, dequantised and rotated by "
         "cos/sin [B, slots, D/2], and value into out_k/out_v [B, kv_heads, slots, D] float32 (out_v may be float16 "
-        "for fp16 storage: the values' own bits); bank and table arguments as prefix_attention's.");
+        "for fp16 storage: the values' own bits); other slots are left as they are, or zeroed with zero_masked. "
+        "Bank and table arguments as prefix_attention's.");
     m.def(
         "decode_attention",
         [](py::array query, py::array inj_k, py::array inj_v, py::array inj_valid, py::array own_k, py::array own_v,

@@ -96,10 +96,10 @@ def prefix_gather(bank_k: np.ndarray, bank_v: np.ndarray, bank_format: str, pref
                   out_v: npt.NDArray[np.float32] | npt.NDArray[np.float16], k_scale: np.ndarray | None = None, k_zero: np.ndarray | None = None,
                   v_scale: np.ndarray | None = None, v_zero: np.ndarray | None = None, group_size: int = 0,
                   key_per_capsule: bool = False, capsule_row: npt.NDArray[np.int32] | None = None,
-                  num_threads: int = 0) -> None:
+                  num_threads: int = 0, zero_masked: bool = False) -> None:
     """Writes every visible slot's key (dequantised, rotated) and value into out_k/out_v [B, Hkv, slots, D] float32
-    in place; other slots are left as they are. out_v may be float16 for fp16 storage (the values' own bits). Bank
-    and table arguments as prefix_attention's."""
+    in place; other slots are left as they are, or zeroed with zero_masked. out_v may be float16 for fp16 storage
+    (the values' own bits). Bank and table arguments as prefix_attention's."""
 
 def decode_attention(query: npt.NDArray[np.float32], inj_k: npt.NDArray[np.float32],
                      inj_v: npt.NDArray[np.float32] | npt.NDArray[np.float16],

@@ -22,6 +22,7 @@ from kvi_engine.bank.layer import bank_layer
 from kvi_engine.capsules.capsule import Capsule
 from kvi_engine.compile.compiler import add_capsules, compile_bank
 from kvi_engine.plan import gather
+from kvi_engine.plan.arena import ARENA, Arena
 from kvi_engine.plan.plan import build_plan
 from kvi_engine.plan.tables import rope_table, slot_tables
 from kvi_engine.testing.helpers import CAPSULES, ENTITIES, assert_close, tokenizer
@@ -256,6 +257,11 @@ def test_cpp_rejects_bad_input():
         _core.prefix_attention(**{**args, "token": t.token.numpy(), "bank_format": "int3"})
 
 
+def stale(shape, dtype):
+    """An allocator whose memory holds NaN (a recycled buffer's stale contents): the gather must write it all."""
+    return torch.full(shape, float("nan"), dtype=dtype)
+
+
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_cpp_slot_gather_equals_pytorch_bit_for_bit(scheme):
     for dims, segments, kw in (("tiny", 1, {}), ("d64_gqa4", 2, dict(capsule_layers={0: [0]})),
@@ -267,10 +273,10 @@ def test_cpp_slot_gather_equals_pytorch_bit_for_bit(scheme):
         plan = build_plan(bank, rows(bank, 5, seed=3) + [list(range(bank.num_capsules))], **kw)
         for layer in range(bank.num_layers):
             want_k, want_v = gather.gather_reference(plan, layer, m, torch.float32, "cpu")
-            got_k, got_v = gather.gather_cpp(plan, layer, m, torch.float32, "cpu")
+            got_k, got_v = gather.gather_cpp(plan, layer, m, torch.float32, "cpu", empty=stale)
             seen = plan.slot_valid(layer)[:, None, :, None].expand_as(want_k)
             assert torch.equal(got_k[seen], want_k[seen]) and torch.equal(got_v[seen], want_v[seen]), (dims, layer)
-            assert not got_k[~seen].any(), "slots masked at this layer stay zero"
+            assert not got_k[~seen].any() and not got_v[~seen].any(), "the pass zeroes slots masked at this layer"
 
 
 def test_cpp_slot_gather_of_fp16_values_copies_their_bits():
@@ -283,10 +289,10 @@ def test_cpp_slot_gather_of_fp16_values_copies_their_bits():
         assert gather.fp16_values(plan)
         for layer in range(bank.num_layers):
             want_k, want_v = gather.gather_reference(plan, layer, m, torch.float32, "cpu")
-            got_k, got_v = gather.gather_cpp(plan, layer, m, torch.float32, "cpu", values=torch.float16)
+            got_k, got_v = gather.gather_cpp(plan, layer, m, torch.float32, "cpu", values=torch.float16, empty=stale)
             seen = plan.slot_valid(layer)[:, None, :, None].expand_as(want_k)
             assert got_v.dtype == torch.float16 and torch.equal(got_v.float()[seen], want_v[seen]), (dims, layer)
-            assert torch.equal(got_k[seen], want_k[seen]) and not got_v[~seen].any(), (dims, layer)
+            assert torch.equal(got_k[seen], want_k[seen]) and not got_v[~seen].any() and not got_k[~seen].any()
     plan = build_plan(bank_for("tiny", "int8"), [[0, 1]])
     assert not gather.fp16_values(plan)
     with pytest.raises(ValueError, match="fp16 out_v needs fp16 storage"):
@@ -430,7 +436,7 @@ def test_prepared_decode_step_equals_the_general_path(monkeypatch):
                 shape = None if mask is None else tuple(mask.shape)
                 assert torch.equal(step(q, k, v, mask, 0.3), want), f"{scheme} layer {layer}, mask {shape}"
             want = attention.prefix_attention(q, k, v, pad, plan, layer, m, 0.3, capsule_lse=True)
-            got = step(q, k, v, pad, 0.3, capsule_lse=True)  # attribution: out, lse and per-segment lse
+            got = step(q, k, v, pad, 0.3, capsule_lse=True, segments=plan.segments)  # attribution: out, lse, seg lse
             assert all(torch.equal(g, w) for g, w in zip(got, want)), f"{scheme} layer {layer}, capsule_lse"
     assert attention.decode_step(build_plan(bank, rows(bank, 2)), 0, m, torch.float32, "cpu", "reference") is None
     monkeypatch.setenv("KVI_BACKEND_DECODE_ATTENTION", "reference")
@@ -438,6 +444,60 @@ def test_prepared_decode_step_equals_the_general_path(monkeypatch):
     monkeypatch.setenv("KVI_REFERENCE_CACHE_MAX_MB", "0")  # past the copy's cap decode runs the fused kernel
     monkeypatch.delenv("KVI_BACKEND_DECODE_ATTENTION")
     assert attention.decode_step(build_plan(bank, rows(bank, 2)), 0, m, torch.float32, "cpu") is None
+
+
+def test_arena_recycles_memory_only_after_its_owner_dies():
+    class Owner:
+        pass
+
+    arena = Arena(max_bytes=256)
+    owner, x = Owner(), arena.empty((4, 8), torch.float32)
+    arena.adopt(owner, [x])
+    ptr = x.data_ptr()
+    del x
+    assert arena.empty((4, 8), torch.float32).data_ptr() != ptr and arena.hits == 0, "its owner still holds it"
+    del owner
+    assert arena.free_bytes == 128
+    assert arena.empty((2, 16), torch.float16).data_ptr() != ptr, "64 bytes: another size"
+    y = arena.empty((32,), torch.float32)
+    assert y.data_ptr() == ptr and y.shape == (32,) and arena.hits == 1 and arena.free_bytes == 0
+    owners = [Owner() for _ in range(3)]
+    for o in owners:
+        arena.adopt(o, [torch.empty(32)])
+    del owners
+    assert arena.free_bytes == 256, "bounded: the buffer freed first is dropped"
+
+
+def test_decode_step_memory_goes_back_to_the_arena_with_its_plan():
+    """An fp16 bank's step owns its gathered copy. When the plan dies its memory returns to the arena at once (no
+    reference cycle: the cyclic collector is off here), and the next plan's steps reuse it: holding stale NaNs
+    there, they still equal the general path (the gather writes every slot, zeros where masked)."""
+    import gc
+
+    bank = bank_for("d64_gqa4", "fp16")
+    m, q, k, v = inputs("d64_gqa4", bank, 6, 1, 7)
+    pad = padded_mask(6, 1, 7)
+    ARENA.clear()
+    gc.disable()
+    try:
+        plan = build_plan(bank, rows(bank, 6))
+        steps = [attention.decode_step(plan, layer, m, torch.float32, "cpu") for layer in range(bank.num_layers)]
+        held = sum(t.nbytes for s in steps for t in s._tensors[:2])
+        for s in steps:
+            for t in s._tensors[:2]:
+                t.fill_(float("nan"))
+        del plan, steps, s, t
+        assert ARENA.free_bytes == held
+        hits = ARENA.hits
+        plan = build_plan(bank, rows(bank, 6))
+        steps = [attention.decode_step(plan, layer, m, torch.float32, "cpu") for layer in range(bank.num_layers)]
+        assert ARENA.hits == hits + 2 * bank.num_layers and ARENA.free_bytes == 0
+        for layer, step in enumerate(steps):
+            want, _ = attention.prefix_attention(q, k, v, pad, plan, layer, m, 0.3)
+            assert torch.equal(step(q, k, v, pad, 0.3), want), f"layer {layer}"
+    finally:
+        gc.enable()
+        ARENA.clear()
 
 
 def test_decode_attention_cpp_rejects_bad_input():

@@ -305,8 +305,10 @@ inline bool use_avx2(int64_t head_dim) {
 }
 
 // The unfused path's gather, fused: every visible slot's key (dequantised, rotated to its slot) and value as fp32
-// (or fp16 bits, see gather_slots), into out_k/out_v [batch, kv_heads, num_slots, head_dim] (other slots are left as
-// they are). One pass over the plan's tokens instead of PyTorch's gather, concatenate, transpose and five rotation
+// (or fp16 bits, see gather_slots), into out_k/out_v [batch, kv_heads, num_slots, head_dim]. Other slots are left as
+// they are (a bank of several segments is gathered in one pass per segment), or zeroed with `zero_masked` (the
+// first pass: attention gives them weight 0, and 0 times stale memory could be NaN), so the outputs need no
+// zeroing beforehand. One pass over the plan's tokens instead of PyTorch's gather, concatenate, transpose and five rotation
 // ops. Products and sums are rounded one by one, never fused (this is compiled for the baseline target, and
 // contraction is switched off where a compiler could use FMA), so the result equals the PyTorch gather + rotation
 // bit for bit.
@@ -314,7 +316,7 @@ template <Format F>
 #if defined(__GNUC__) && !defined(__clang__)
 __attribute__((optimize("fp-contract=off")))
 #endif
-void gather_format(const Problem& p, int threads, float* out_k, float* out_v, uint16_t* out_v16) {
+void gather_format(const Problem& p, int threads, float* out_k, float* out_v, uint16_t* out_v16, bool zero_masked) {
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
@@ -331,7 +333,17 @@ void gather_format(const Problem& p, int threads, float* out_k, float* out_v, ui
         float* k = rows[worker].data();
         for (int64_t j = j0; j < j1; ++j) {
             const int64_t i = b * S + j;
-            if (!p.visible[i]) continue;
+            if (!p.visible[i]) {
+                for (int64_t h = 0; zero_masked && h < H; ++h) {
+                    const int64_t o = ((b * H + h) * S + j) * D;
+                    std::memset(out_k + o, 0, D * sizeof(float));
+                    if (out_v16)
+                        std::memset(out_v16 + o, 0, D * sizeof(uint16_t));
+                    else
+                        std::memset(out_v + o, 0, D * sizeof(float));
+                }
+                continue;
+            }
             const float* c = p.cos + i * half;
             const float* sn = p.sin + i * half;
             for (int64_t h = 0; h < H; ++h) {
@@ -362,7 +374,8 @@ void gather_format(const Problem& p, int threads, float* out_k, float* out_v, ui
 }
 
 // out_v16 (instead of out_v): the values as fp16 bits, for fp16 storage only (bank and prefix): exact copies.
-inline void gather_slots(const Problem& p, int threads, float* out_k, float* out_v, uint16_t* out_v16 = nullptr) {
+inline void gather_slots(const Problem& p, int threads, float* out_k, float* out_v, uint16_t* out_v16 = nullptr,
+                         bool zero_masked = false) {
     validate(p);
     if (p.prefix_k.format != p.prefix_v.format || p.bank_k.format != p.bank_v.format)
         throw std::invalid_argument("prefix_gather: K and V must share a storage format");
@@ -370,13 +383,13 @@ inline void gather_slots(const Problem& p, int threads, float* out_k, float* out
         throw std::invalid_argument("prefix_gather: fp16 out_v needs fp16 storage (bank and prefix); the values "
                                     "would not be exact");
     switch (p.bank_k.format) {
-        case Format::f32: return gather_format<Format::f32>(p, threads, out_k, out_v, out_v16);
-        case Format::f16: return gather_format<Format::f16>(p, threads, out_k, out_v, out_v16);
-        case Format::bf16: return gather_format<Format::bf16>(p, threads, out_k, out_v, out_v16);
-        case Format::i8: return gather_format<Format::i8>(p, threads, out_k, out_v, out_v16);
-        case Format::i4: return gather_format<Format::i4>(p, threads, out_k, out_v, out_v16);
-        case Format::i2: return gather_format<Format::i2>(p, threads, out_k, out_v, out_v16);
-        case Format::fp8: return gather_format<Format::fp8>(p, threads, out_k, out_v, out_v16);
+        case Format::f32: return gather_format<Format::f32>(p, threads, out_k, out_v, out_v16, zero_masked);
+        case Format::f16: return gather_format<Format::f16>(p, threads, out_k, out_v, out_v16, zero_masked);
+        case Format::bf16: return gather_format<Format::bf16>(p, threads, out_k, out_v, out_v16, zero_masked);
+        case Format::i8: return gather_format<Format::i8>(p, threads, out_k, out_v, out_v16, zero_masked);
+        case Format::i4: return gather_format<Format::i4>(p, threads, out_k, out_v, out_v16, zero_masked);
+        case Format::i2: return gather_format<Format::i2>(p, threads, out_k, out_v, out_v16, zero_masked);
+        case Format::fp8: return gather_format<Format::fp8>(p, threads, out_k, out_v, out_v16, zero_masked);
     }
     throw std::invalid_argument("prefix_gather: unknown bank format");
 }

@@ -45,11 +45,12 @@ class DecodeStep:
     Values may come as fp16 (``values_fp16`` converts float32 ones), which the kernel converts as it loads them --
     exact for an fp16 bank, whose values are fp16 numbers (the keys are not: they are rotated in float32), and a
     quarter less memory traffic a step (:func:`kvi_engine.attention.op.decode_step` gathers them so for such banks).
-    ``segments``: the plan's one-hot slot segments, or a function giving them, for ``capsule_lse`` (attribution)."""
-    __slots__ = ("_tensors", "k_inj", "v_inj", "valid", "_segments", "_segment")
+    The step holds no reference to its plan (the plan's cache holds the step): a cycle would keep both alive until
+    the cyclic collector runs, and with them the step's copy, which :mod:`kvi_engine.plan.arena` recycles when the
+    step dies."""
+    __slots__ = ("_tensors", "k_inj", "v_inj", "valid", "_segment", "__weakref__")
 
-    def __init__(self, k_inj: torch.Tensor, v_inj: torch.Tensor, inj_valid: torch.Tensor, values_fp16: bool = False,
-                 segments=None):
+    def __init__(self, k_inj: torch.Tensor, v_inj: torch.Tensor, inj_valid: torch.Tensor, values_fp16: bool = False):
         if k_inj.dtype != torch.float32 or k_inj.device.type != "cpu":
             raise dispatch.BackendUnavailable(f"the C++ decode attention runs on float32 CPU tensors, got "
                                               f"{k_inj.dtype} on {k_inj.device}")
@@ -57,12 +58,13 @@ class DecodeStep:
         self._tensors = (k_inj.contiguous(), v_inj.contiguous(), inj_valid.contiguous())  # what the arrays view
         self.k_inj, self.v_inj = self._tensors[0].numpy(), self._tensors[1].numpy()
         self.valid = _bytes(self._tensors[2])
-        self._segments, self._segment = segments, None  # one-hot [B, S, n] (or a function giving it): attribution
+        self._segment = None  # the kernel's slot -> segment table and the segment count (attribution)
 
-    def __call__(self, query, own_k, own_v, own_mask=None, scaling=None, capsule_lse: bool = False):
+    def __call__(self, query, own_k, own_v, own_mask=None, scaling=None, capsule_lse: bool = False, segments=None):
         """``out [B, Hq, Q, D]`` of :func:`decode_attention_cpp` for ``query [B, Hq, Q, D]`` over the bound
         injected KV and ``own_k/own_v [B, Hkv, T, D]``; ``own_mask`` bool ``[B or 1, 1, Q or 1, T]`` (True =
-        attend) or None (causal). With ``capsule_lse``: ``(out, lse, seg_lse)`` over the bound segments."""
+        attend) or None (causal). With ``capsule_lse``: ``(out, lse, seg_lse)`` over ``segments``, the plan's
+        one-hot slot segments ``[B, S, n]`` or a function giving them (read at the first such call, then kept)."""
         from kvi_engine import _core
 
         B, Hq, Q, D = query.shape
@@ -73,9 +75,9 @@ class DecodeStep:
         seg = seg_lse = None
         if capsule_lse:
             if self._segment is None:  # the slot -> segment table, once per plan
-                one_hot = self._segments() if callable(self._segments) else self._segments
+                one_hot = segments() if callable(segments) else segments
                 if one_hot is None:
-                    raise ValueError("this decode step was built without the plan's segments")
+                    raise ValueError("capsule_lse needs the plan's segments (segments=plan.segments)")
                 self._segment = (_segment_index(one_hot), one_hot.shape[-1])
             seg, n = self._segment
             seg_lse = torch.empty(B, Hq, Q, n)

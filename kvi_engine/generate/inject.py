@@ -82,7 +82,7 @@ def _kvi_attention(module, query, key, value, attention_mask, scaling=None, drop
         if step and state.on_attention is None:
             return step(query, key, value, mask, scaling).transpose(1, 2).contiguous(), None
         if step:  # attribution: the per-segment lse from the same exponentials
-            out, lse, seg = step(query, key, value, mask, scaling, capsule_lse=True)
+            out, lse, seg = step(query, key, value, mask, scaling, capsule_lse=True, segments=plan.segments)
             state.on_attention(layer, plan, seg, lse)
             return out.transpose(1, 2).contiguous(), None
     if state.on_attention is not None:  # per-capsule attention mass of each row's last query (attribution)

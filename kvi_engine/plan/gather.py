@@ -39,20 +39,22 @@ def gather_reference(plan, layer: int, model, dtype, device) -> tuple[torch.Tens
     return rope.apply_rope(k, cos, sin).contiguous(), v
 
 
-def gather_cpp(plan, layer: int, model, dtype, device, values: torch.dtype = torch.float32
+def gather_cpp(plan, layer: int, model, dtype, device, values: torch.dtype = torch.float32, empty=torch.empty
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One C++ pass over the plan's tokens (float32, CPU), bit-identical to :func:`gather_reference` on visible
     slots; slots masked at ``layer`` hold zeros (attention never reads them). ``values=torch.float16`` (fp16
-    storage only, see :func:`fp16_values`): the values as their stored fp16 bits, no float32 copy."""
+    storage only, see :func:`fp16_values`): the values as their stored fp16 bits, no float32 copy. ``empty(shape,
+    dtype)`` allocates the outputs (the pass writes every element): ``Arena.empty`` recycles a finished plan's."""
     from kvi_engine import _core
 
     if not (dtype == torch.float32 and dispatch.device_type(device) == "cpu"):
         raise dispatch.BackendUnavailable(f"the C++ slot gather writes float32 on the CPU, not {dtype} on {device}")
     shape = plan.bank.shape
-    k = torch.zeros(plan.batch_size, shape.num_kv_heads, plan.num_slots, shape.head_dim)
-    v = torch.zeros_like(k, dtype=values)
-    for args in native_args(plan, layer, torch.float32):
-        _core.prefix_gather(out_k=k.numpy(), out_v=v.numpy(), num_threads=torch.get_num_threads(), **args)
+    dims = (plan.batch_size, shape.num_kv_heads, plan.num_slots, shape.head_dim)
+    k, v = empty(dims, dtype=torch.float32), empty(dims, dtype=values)
+    for i, args in enumerate(native_args(plan, layer, torch.float32)):  # one pass per bank segment
+        _core.prefix_gather(out_k=k.numpy(), out_v=v.numpy(), num_threads=torch.get_num_threads(), zero_masked=i == 0,
+                            **args)
     return k, v
 
 
