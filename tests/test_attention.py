@@ -22,7 +22,7 @@ from kvi_engine.bank.layer import bank_layer
 from kvi_engine.capsules.capsule import Capsule
 from kvi_engine.compile.compiler import add_capsules, compile_bank
 from kvi_engine.plan import gather
-from kvi_engine.plan.arena import ARENA, Arena
+from kvi_engine.plan.arena import ARENA, Arena, size_class
 from kvi_engine.plan.plan import build_plan
 from kvi_engine.plan.tables import rope_table, slot_tables
 from kvi_engine.testing.helpers import CAPSULES, ENTITIES, assert_close, tokenizer
@@ -450,22 +450,24 @@ def test_arena_recycles_memory_only_after_its_owner_dies():
     class Owner:
         pass
 
-    arena = Arena(max_bytes=256)
-    owner, x = Owner(), arena.empty((4, 8), torch.float32)
+    assert [size_class(n) for n in (1, 4097, 8000, 8193, 1 << 20)] == [4096, 4608, 8192, 9216, 1 << 20]
+    arena = Arena(max_bytes=2 * 8192)
+    owner, x = Owner(), arena.empty((2048,), torch.float32)
     arena.adopt(owner, [x])
     ptr = x.data_ptr()
     del x
-    assert arena.empty((4, 8), torch.float32).data_ptr() != ptr and arena.hits == 0, "its owner still holds it"
+    assert arena.empty((2048,), torch.float32).data_ptr() != ptr and arena.hits == 0, "its owner still holds it"
     del owner
-    assert arena.free_bytes == 128
-    assert arena.empty((2, 16), torch.float16).data_ptr() != ptr, "64 bytes: another size"
-    y = arena.empty((32,), torch.float32)
-    assert y.data_ptr() == ptr and y.shape == (32,) and arena.hits == 1 and arena.free_bytes == 0
+    assert arena.free_bytes == 8192
+    assert arena.empty((4096,), torch.float32).data_ptr() != ptr, "16 KiB: another size class"
+    y = arena.empty((40, 100), torch.float16)  # 8,000 bytes: the same class
+    assert y.data_ptr() == ptr and y.shape == (40, 100) and arena.hits == 1 and arena.free_bytes == 0
     owners = [Owner() for _ in range(3)]
     for o in owners:
-        arena.adopt(o, [torch.empty(32)])
-    del owners
-    assert arena.free_bytes == 256, "bounded: the buffer freed first is dropped"
+        arena.adopt(o, [arena.empty((2048,), torch.float32)])
+    arena.adopt(owners[0], [torch.empty(2048)])  # not the arena's: never recycled
+    del owners, o
+    assert arena.free_bytes == 2 * 8192, "bounded: the buffer freed first is dropped"
 
 
 def test_decode_step_memory_goes_back_to_the_arena_with_its_plan():
@@ -482,7 +484,7 @@ def test_decode_step_memory_goes_back_to_the_arena_with_its_plan():
     try:
         plan = build_plan(bank, rows(bank, 6))
         steps = [attention.decode_step(plan, layer, m, torch.float32, "cpu") for layer in range(bank.num_layers)]
-        held = sum(t.nbytes for s in steps for t in s._tensors[:2])
+        held = sum(t.untyped_storage().nbytes() for s in steps for t in s._tensors[:2])
         for s in steps:
             for t in s._tensors[:2]:
                 t.fill_(float("nan"))

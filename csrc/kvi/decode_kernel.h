@@ -29,8 +29,9 @@ inline void decode_scores(const float* q, int64_t R, const float* k, int64_t n, 
                 for (int c = 0; c < kW; ++c) a[c] += qd * loadv(kb + c * D + d);
             }
             const vf sc = reduce_lanes(a) * splat(scale);
-            float* sr = s + r * stride + j0;
-            for (int c = 0; c < kW; ++c) sr[c] = keep(j0 + c, r) ? sc[c] : ninf;
+            vi kept;
+            for (int c = 0; c < kW; ++c) kept[c] = keep(j0 + c, r) ? -1 : 0;
+            storev(s + r * stride + j0, kept ? sc : splat(ninf));
         }
     }
     for (; j0 < n; ++j0) {  // the last n % kW keys

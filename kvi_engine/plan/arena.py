@@ -3,10 +3,12 @@
 A plan's decode steps hold a gathered copy of its injected KV (~2.7 MB a layer at 128 capsules of a 12/4-head,
 head_dim 64 model). Allocated fresh for every request, that memory comes from the OS each time: glibc returns freed
 blocks this large (trim threshold), and on this VM every first touch of a 4 KiB page is a fault of ~3 us, so the
-first decode step of a 128-capsule request spent ~24 of its ~35 ms faulting pages in (``torch.zeros`` of the
+first decode step of a 128-capsule request spent ~24 of its ~38 ms faulting pages in (``torch.zeros`` of the
 copies: ~0.9 ms a MB). The arena keeps the buffers of finished plans and hands them to the next plan that asks for
-the same size, so a server (or a benchmark's repeats) faults its step memory in once.
+about the same size, so a server (or a benchmark's repeats) faults its step memory in once.
 
+Buffers are kept by size class (the size rounded up to an eighth of its power of two: at most 12.5% slack), so a
+continuously batching server, whose plans differ in rows and slots from step to step, still finds one that fits.
 Only memory that nothing else can see is recycled: :meth:`Arena.adopt` takes the buffers of an owner that holds
 the only views of them (a ``DecodeStep``), and gets them back when that owner is collected. Buffers come back with
 stale contents: callers write every element (the C++ slot gather zeroes the slots it does not fill).
@@ -14,6 +16,7 @@ stale contents: callers write every element (the C++ slot gather zeroes the slot
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import weakref
 
@@ -24,8 +27,8 @@ DEFAULT_MAX_BYTES = 512 << 20
 
 
 class Arena:
-    """Free CPU byte buffers by size. :meth:`empty` is ``torch.empty`` from a recycled buffer of exactly its size
-    where one is free; :meth:`adopt` recycles buffers when their owner dies. Thread-safe (servers build plans in
+    """Free CPU byte buffers by size class. :meth:`empty` is ``torch.empty`` from a recycled buffer of its size
+    class where one is free; :meth:`adopt` recycles buffers when their owner dies. Thread-safe (servers build plans in
     several threads)."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
@@ -40,26 +43,35 @@ class Arena:
         return self._bytes
 
     def empty(self, shape, dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised CPU tensor of ``shape`` and ``dtype``: a view of a recycled buffer of the same byte size,
-        or a fresh allocation."""
+        """An uninitialised CPU tensor of ``shape`` and ``dtype``: a view of the head of a recycled buffer of its
+        size class, or of a fresh one of that class (so that it can serve a slightly larger request later)."""
         shape = tuple(int(s) for s in shape)
-        nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * _ITEMSIZE[dtype]
+        cls = size_class(nbytes)
         with self._lock:
-            bufs = self._free.get(nbytes)
+            bufs = self._free.get(cls)
             if bufs:
                 buf = bufs.pop()
                 if not bufs:
-                    del self._free[nbytes]
-                self._bytes -= nbytes
+                    del self._free[cls]
+                self._bytes -= cls
                 self.hits += 1
-                return buf.view(dtype).view(shape)
-            self.misses += 1
-        return torch.empty(shape, dtype=dtype)
+            else:
+                buf = None
+                self.misses += 1
+        if buf is None:
+            buf = torch.empty(cls, dtype=torch.uint8)
+        return buf[:nbytes].view(dtype).view(shape)
 
     def adopt(self, owner, tensors) -> None:
-        """Recycle ``tensors`` (CPU, contiguous, from :meth:`empty` or not) when ``owner`` is garbage-collected. The
-        caller promises that only ``owner`` holds views of them."""
-        weakref.finalize(owner, self._give, [t.view(-1).view(torch.uint8) for t in tensors])
+        """Recycle the buffers under ``tensors`` (CPU tensors from :meth:`empty`) when ``owner`` is
+        garbage-collected. The caller promises that only ``owner`` holds views of them."""
+        bufs = []
+        for t in tensors:
+            storage = t.untyped_storage()
+            if t.storage_offset() == 0 and storage.nbytes() == size_class(storage.nbytes()):
+                bufs.append(torch.empty(0, dtype=torch.uint8).set_(storage))
+        weakref.finalize(owner, self._give, bufs)
 
     def _give(self, bufs) -> None:
         with self._lock:
@@ -70,7 +82,7 @@ class Arena:
                 self._free.setdefault(n, []).append(buf)
                 self._free.move_to_end(n)
                 self._bytes += n
-            while self._bytes > self.max_bytes:  # drop the sizes freed longest ago
+            while self._bytes > self.max_bytes:  # drop the classes freed longest ago
                 n, old = next(iter(self._free.items()))
                 old.pop(0)
                 self._bytes -= n
@@ -82,5 +94,17 @@ class Arena:
             self._free.clear()
             self._bytes = 0
 
+
+def size_class(nbytes: int) -> int:
+    """``nbytes`` rounded up to a multiple of an eighth of its power of two (at least 4 KiB: a page)."""
+    if nbytes <= 4096:
+        return 4096
+    step = (1 << (nbytes.bit_length() - 1)) // 8
+    return -(-nbytes // step) * step
+
+
+_ITEMSIZE = {dt: torch.empty((), dtype=dt).element_size() for dt in (
+    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32,
+    torch.int64, torch.bool)}
 
 ARENA = Arena()
