@@ -465,9 +465,12 @@ def test_arena_recycles_memory_only_after_its_owner_dies():
     owners = [Owner() for _ in range(3)]
     for o in owners:
         arena.adopt(o, [arena.empty((2048,), torch.float32)])
-    arena.adopt(owners[0], [torch.empty(2048)])  # not the arena's: never recycled
     del owners, o
     assert arena.free_bytes == 2 * 8192, "bounded: the buffer freed first is dropped"
+    other, owner = Arena(), Owner()
+    other.adopt(owner, [torch.empty(2000)])  # 8,000 bytes: not a size class, so not one of the arena's
+    del owner
+    assert other.free_bytes == 0
 
 
 def test_decode_step_memory_goes_back_to_the_arena_with_its_plan():

@@ -308,8 +308,8 @@ inline bool use_avx2(int64_t head_dim) {
 // (or fp16 bits, see gather_slots), into out_k/out_v [batch, kv_heads, num_slots, head_dim]. Other slots are left as
 // they are (a bank of several segments is gathered in one pass per segment), or zeroed with `zero_masked` (the
 // first pass: attention gives them weight 0, and 0 times stale memory could be NaN), so the outputs need no
-// zeroing beforehand. One pass over the plan's tokens instead of PyTorch's gather, concatenate, transpose and five rotation
-// ops. Products and sums are rounded one by one, never fused (this is compiled for the baseline target, and
+// zeroing beforehand. One pass over the plan's tokens instead of PyTorch's gather, concatenate, transpose and five
+// rotation ops. Products and sums are rounded one by one, never fused (this is compiled for the baseline target, and
 // contraction is switched off where a compiler could use FMA), so the result equals the PyTorch gather + rotation
 // bit for bit.
 template <Format F>

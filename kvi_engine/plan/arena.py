@@ -28,8 +28,8 @@ DEFAULT_MAX_BYTES = 512 << 20
 
 class Arena:
     """Free CPU byte buffers by size class. :meth:`empty` is ``torch.empty`` from a recycled buffer of its size
-    class where one is free; :meth:`adopt` recycles buffers when their owner dies. Thread-safe (servers build plans in
-    several threads)."""
+    class where one is free; :meth:`adopt` recycles buffers when their owner dies. Thread-safe (servers build
+    plans in several threads)."""
 
     def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES):
         self.max_bytes = max_bytes
@@ -64,8 +64,9 @@ class Arena:
         return buf[:nbytes].view(dtype).view(shape)
 
     def adopt(self, owner, tensors) -> None:
-        """Recycle the buffers under ``tensors`` (CPU tensors from :meth:`empty`) when ``owner`` is
-        garbage-collected. The caller promises that only ``owner`` holds views of them."""
+        """Recycle the buffers under ``tensors`` (CPU tensors from :meth:`empty`; a storage that is not a whole
+        size-class buffer is left alone) when ``owner`` is garbage-collected. The caller promises that only
+        ``owner`` holds views of them."""
         bufs = []
         for t in tensors:
             storage = t.untyped_storage()
