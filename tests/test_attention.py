@@ -473,13 +473,15 @@ def test_arena_recycles_memory_only_after_its_owner_dies():
     assert other.free_bytes == 0
 
 
-def test_decode_step_memory_goes_back_to_the_arena_with_its_plan():
-    """An fp16 bank's step owns its gathered copy. When the plan dies its memory returns to the arena at once (no
-    reference cycle: the cyclic collector is off here), and the next plan's steps reuse it: holding stale NaNs
-    there, they still equal the general path (the gather writes every slot, zeros where masked)."""
+@pytest.mark.parametrize("scheme", ["fp16", "int4"])
+def test_decode_step_memory_goes_back_to_the_arena_with_its_plan(scheme):
+    """A step owns its gathered copy (fp16 values for an fp16 bank). When the plan dies its memory returns to the
+    arena at once (no reference cycle: the cyclic collector is off here), and the next plan's steps reuse it:
+    holding stale NaNs there, they still equal the general path (the gather writes every slot, zeros where
+    masked). A bank whose float32 copy the plan already holds shares it (int4), an fp16 bank keeps its own."""
     import gc
 
-    bank = bank_for("d64_gqa4", "fp16")
+    bank = bank_for("d64_gqa4", scheme)
     m, q, k, v = inputs("d64_gqa4", bank, 6, 1, 7)
     pad = padded_mask(6, 1, 7)
     ARENA.clear()
@@ -500,6 +502,9 @@ def test_decode_step_memory_goes_back_to_the_arena_with_its_plan():
         for layer, step in enumerate(steps):
             want, _ = attention.prefix_attention(q, k, v, pad, plan, layer, m, 0.3)
             assert torch.equal(step(q, k, v, pad, 0.3), want), f"layer {layer}"
+            shared = gather.cached_injected_kv(plan, layer, torch.float32, "cpu")  # the general path built it
+            again = attention.decode_step(plan, layer, m, torch.float32, "cpu")
+            assert (again.k_inj.ctypes.data == shared[0].data_ptr()) == (scheme != "fp16"), scheme
     finally:
         gc.enable()
         ARENA.clear()

@@ -82,19 +82,21 @@ def decode_step(plan, layer: int, model, dtype: torch.dtype, device, backend: st
     kernel, _ = plan.cached(("decode_attention", dtype, str(device)), lambda: decode_backend(dtype, device))
     if kernel != "cpp":
         return None
-    if not gather.fp16_values(plan):
-        return DecodeStep(*injected_kv(plan, layer, model, dtype, device))
-    # An fp16 bank's values stay fp16 (exact). The C++ gather copies their bits, with no float32 copy of them
-    # (first decode step at 128 capsules: ~20 ms less allocation and conversion a request). The copy is the step's
-    # alone, so its memory goes back to the arena with the step and the next plan's step reuses it instead of
-    # faulting fresh pages in (another ~20 ms of that first step).
+    # The step's own copy of the injected KV, from the C++ gather into arena memory: it goes back to the arena with
+    # the step, and the next plan's step reuses it instead of faulting fresh pages in (~20 ms of the first decode
+    # step at 128 capsules). An fp16 bank's values stay fp16 there (exact; the gather copies their bits: another
+    # ~20 ms less allocation and conversion than a float32 copy). Other banks share the plan's float32 copy where
+    # an earlier pass (attribution over a prefill) built one, instead of holding two.
+    fp16 = gather.fp16_values(plan)
     gather_backend, _ = dispatch.select(gather.OP, device=device)
-    if gather_backend == "cpp" and dtype == torch.float32:
-        k, v = gather.gather_cpp(plan, layer, model, dtype, device, values=torch.float16, empty=ARENA.empty)
+    if (gather_backend == "cpp" and dtype == torch.float32 and
+            (fp16 or gather.cached_injected_kv(plan, layer, dtype, device) is None)):
+        k, v = gather.gather_cpp(plan, layer, model, dtype, device, values=torch.float16 if fp16 else torch.float32,
+                                 empty=ARENA.empty)
         step = DecodeStep(k, v, plan.slot_valid(layer).to(device))
         ARENA.adopt(step, (k, v))
         return step
-    return DecodeStep(*injected_kv(plan, layer, model, dtype, device), values_fp16=True)
+    return DecodeStep(*injected_kv(plan, layer, model, dtype, device), values_fp16=fp16)
 
 
 def injected_lse(query, plan, layer, model, dtype, scaling=None):

@@ -82,6 +82,11 @@ def injected_kv(plan, layer: int, model, dtype: torch.dtype, device) -> tuple[to
     return plan.cached((layer, dtype, str(device)), build)
 
 
+def cached_injected_kv(plan, layer: int, dtype: torch.dtype, device):
+    """What :func:`injected_kv` holds for these arguments if it was built already, else None (builds nothing)."""
+    return plan.peek((layer, dtype, str(device)))
+
+
 dispatch.register(OP, "reference", gather_reference, devices=dispatch.ANY)
 dispatch.register(OP, "cpp", gather_cpp, devices=("cpu",), available=lambda: dispatch.core_has("prefix_gather"),
                   why_not="kvi_engine._core lacks prefix_gather (rebuild the extension)")

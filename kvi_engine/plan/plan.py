@@ -54,6 +54,10 @@ class InjectionPlan:
             hit = self._cache[key] = build()
         return hit
 
+    def peek(self, key):
+        """The cached entry for ``key``, or None; builds nothing."""
+        return self._cache.get(key)
+
     def forget(self, predicate: Callable[[object], bool]) -> None:
         """Drop cached entries whose key satisfies ``predicate`` (benchmarks time a first use again)."""
         for key in [k for k in self._cache if predicate(k)]:
