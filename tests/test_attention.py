@@ -22,7 +22,7 @@ from kvi_engine.bank.layer import bank_layer
 from kvi_engine.capsules.capsule import Capsule
 from kvi_engine.compile.compiler import add_capsules, compile_bank
 from kvi_engine.plan import gather
-from kvi_engine.plan.arena import ARENA, Arena, size_class
+from kvi_engine.plan.arena import ARENA, DEFAULT_MAX_BYTES, Arena, _max_bytes_from_env, size_class
 from kvi_engine.plan.plan import build_plan
 from kvi_engine.plan.tables import rope_table, slot_tables
 from kvi_engine.testing.helpers import CAPSULES, ENTITIES, assert_close, tokenizer
@@ -471,6 +471,22 @@ def test_arena_recycles_memory_only_after_its_owner_dies():
     other.adopt(owner, [torch.empty(2000)])  # 8,000 bytes: not a size class, so not one of the arena's
     del owner
     assert other.free_bytes == 0
+
+
+def test_arena_size_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("KVI_STEP_ARENA_MAX_MB", raising=False)
+    assert _max_bytes_from_env() == DEFAULT_MAX_BYTES
+    monkeypatch.setenv("KVI_STEP_ARENA_MAX_MB", "1.5")
+    assert _max_bytes_from_env() == 3 << 19
+    monkeypatch.setenv("KVI_STEP_ARENA_MAX_MB", "0")
+    arena, owner = Arena(_max_bytes_from_env()), object.__new__(type("Owner", (), {}))
+    arena.adopt(owner, [arena.empty((2048,), torch.float32)])
+    del owner
+    assert arena.free_bytes == 0, "0 MiB: nothing is kept"
+    for bad in ("lots", "-1"):
+        monkeypatch.setenv("KVI_STEP_ARENA_MAX_MB", bad)
+        with pytest.raises(ValueError, match="KVI_STEP_ARENA_MAX_MB"):
+            _max_bytes_from_env()
 
 
 @pytest.mark.parametrize("scheme", ["fp16", "int4"])

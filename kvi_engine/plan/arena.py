@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import threading
 import weakref
 
 import torch
 
 # Free buffers kept at most (bytes): a 16-client server at 128 capsules holds ~16 x 32 MB of steps.
+# KVI_STEP_ARENA_MAX_MB sets it for the process's arena (0: recycle nothing).
 DEFAULT_MAX_BYTES = 512 << 20
 
 
@@ -108,4 +110,17 @@ _ITEMSIZE = {dt: torch.empty((), dtype=dt).element_size() for dt in (
     torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8, torch.int16, torch.int32,
     torch.int64, torch.bool)}
 
-ARENA = Arena()
+def _max_bytes_from_env() -> int:
+    raw = os.environ.get("KVI_STEP_ARENA_MAX_MB")
+    if raw is None:
+        return DEFAULT_MAX_BYTES
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"KVI_STEP_ARENA_MAX_MB must be a number of MiB, got {raw!r}") from None
+    if mb < 0:
+        raise ValueError(f"KVI_STEP_ARENA_MAX_MB must be >= 0, got {raw!r}")
+    return int(mb * 2**20)
+
+
+ARENA = Arena(_max_bytes_from_env())
