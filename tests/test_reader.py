@@ -155,6 +155,24 @@ def test_train_reader_is_seeded_and_writes_checkpoint_curve_and_card(tmp_path):
     assert "stage `base`" in card and "stage `adapt`" in card and "parameters" in card
 
 
+def test_long_contexts_get_more_questions_up_to_the_cap():
+    """``--q-per-ctx-max``: one question per two facts between the floor and the cap; off by default; and the
+    stream's contexts really carry that many questions (distinct ones, where the facts allow)."""
+    import argparse
+
+    from kvi_engine.reader.generator import Generator
+    from kvi_engine.reader.train import add_arguments, questions_for
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    off = p.parse_args([])
+    on = p.parse_args(["--q-per-ctx", "6", "--q-per-ctx-max", "32"])
+    assert [questions_for(n, off) for n in (1, 16, 64)] == [6, 6, 6]
+    assert [questions_for(n, on) for n in (1, 12, 16, 40, 64, 100)] == [6, 6, 8, 20, 32, 32]
+    c = Generator(seed=3, split="train").context(64, questions_for(64, on), hops=(1,), p_two_hop=0.3)
+    assert len(c.questions) == 32 and len({q.question for q in c.questions}) == 32
+
+
 def test_fidelity_attribution_is_the_serving_measure(reader):
     """The fidelity benchmark's attribution (which capsule the answer attended to most) is `kvi serve`'s measure:
     per forward the mass of each row's choosing query on each capsule, mean over heads (the serve Collector) and

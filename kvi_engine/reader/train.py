@@ -50,6 +50,12 @@ def sample_n(rng: random.Random, n_max: int) -> int:
     return max(1, min(n_max, int(round(math.exp(rng.uniform(0, math.log(n_max + 0.5)))))))
 
 
+def questions_for(n_facts: int, a) -> int:
+    """Questions sharing one context: ``--q-per-ctx``, up to one per two facts (``--q-per-ctx-max``) in long
+    contexts -- where a context costs most tokens, more answers are supervised per token computed."""
+    return min(max(a.q_per_ctx, a.q_per_ctx_max), max(a.q_per_ctx, n_facts // 2))
+
+
 class Stream:
     """Endless batches: one n_facts per batch (little padding), a format per example; n_max ramps up."""
 
@@ -65,7 +71,7 @@ class Stream:
         exs, tokens = [], 0
         fmts, wts = list(self.mix), list(self.mix.values())
         while tokens < a.batch_tokens:
-            c = self.gen.context(n, a.q_per_ctx, hops=(1, 2) if self.rng.random() < a.p_two_hop else (1,),
+            c = self.gen.context(n, questions_for(n, a), hops=(1, 2) if self.rng.random() < a.p_two_hop else (1,),
                                  p_two_hop=a.p_two_hop)
             fmt = self.rng.choices(fmts, weights=wts)[0]
             ex = encode(self.pieces, c.facts, c.questions, fmt, q_weight=a.q_weight)
@@ -276,6 +282,8 @@ def add_arguments(p) -> None:
     p.add_argument("--nmax-start", type=int, default=4)
     p.add_argument("--ramp", type=float, default=0.5, help="share of the steps over which n_max ramps up")
     p.add_argument("--q-per-ctx", type=int, default=6)
+    p.add_argument("--q-per-ctx-max", type=int, default=0,
+                   help="up to this many questions per context, one per two facts (0: always --q-per-ctx)")
     p.add_argument("--p-two-hop", type=float, default=0.3)
     p.add_argument("--q-weight", type=float, default=0.3)
     p.add_argument("--hidden", type=int, default=256)
