@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shlex
+import sys
+import time
 
 
 def cmd_train_reader(args) -> int:
     from kvi_engine.reader.card import write_card
     from kvi_engine.reader.train import train
 
+    t0 = time.time()
+    command = "kvi " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train-reader"] else ""
+
+    def notes() -> str:  # the command and its wall time (tokenizer, every stage so far, evaluations, saves)
+        return (f"Built by `{command}` in {(time.time() - t0) / 60:.1f} min wall time.\n" if command else "")
+
     base = copy.copy(args)
     base.stage = "base" if not args.init else args.stage
     info = train(base)
-    write_card(base.out, [info])
+    write_card(base.out, [info], notes=notes())
     print(f"reader ({info['stage']}): {info['steps']} steps in {info['times']['train_s'] / 60:.1f} min -> {base.out}")
     if args.adapt_steps:
         ad = copy.copy(args)
@@ -25,7 +34,7 @@ def cmd_train_reader(args) -> int:
         ad.mix, ad.induction_steps, ad.plant = args.adapt_mix, 0, ""
         ad.lr, ad.nmax_start = args.adapt_lr, args.nmax  # a fine-tune: lower rate, every context size from the start
         info2 = train(ad)
-        write_card(ad.out, [info, info2])
+        write_card(ad.out, [info, info2], notes=notes())
         print(f"adapted reader: {info2['steps']} steps in {info2['times']['train_s'] / 60:.1f} min -> {ad.out}")
     return 0
 

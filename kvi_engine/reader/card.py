@@ -15,6 +15,11 @@ def _table(scores: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _amp(info: dict) -> str:
+    dt = info.get("autocast_dtype")
+    return f", matmuls in {dt} (autocast)" if dt else ""
+
+
 def write_card(out: str | Path, infos: list[dict], heldout: dict | None = None, notes: str = "") -> Path:
     """``out/README.md`` from the ``train_info.json`` dicts of the stages that built the checkpoint, plus optional
     greedy-decoding held-out scores (``{condition: EM}``) and free-text notes (lineage, caveats)."""
@@ -24,7 +29,7 @@ def write_card(out: str | Path, infos: list[dict], heldout: dict | None = None, 
     stages = "\n".join(
         f"- stage `{i['stage']}`: {i['steps']} QA steps, {i['tokens']:,} tokens, "
         f"{i['times'].get('induction_s', 0) / 60:.1f} min induction warm-up + {i['times']['train_s'] / 60:.1f} min "
-        f"QA training ({i['args'].get('threads', 1)} thread(s)), mix `{i['args'].get('mix')}`, lr {i['args'].get('lr')}, "
+        f"QA training ({i['args'].get('threads', 1)} thread(s){_amp(i)}), mix `{i['args'].get('mix')}`, lr {i['args'].get('lr')}, "
         f"seed {i['args'].get('seed')}" for i in infos)
     text = f"""# kvi-engine reader
 
