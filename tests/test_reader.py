@@ -205,3 +205,23 @@ def test_fidelity_attribution_is_the_serving_measure(reader):
             with torch.no_grad(), attach(model, plan, on_attention=hook):
                 model(input_ids=ids)
         assert torch.allclose(ours.steps[0], theirs.take().mean(0), atol=1e-6)
+
+
+def test_paired_comparison_against_rag_is_per_question():
+    """``paired_vs``: the per-question EM differences against RAG, pooled and per group, by brute force on a made-up
+    run (the same numbers whatever the order of the questions)."""
+    from kvi_engine.benchmarks.fidelity import paired_vs
+
+    items = [{"cond": f"n{n}/h{h}", "n": n, "hops": h, "answer": "x"} for n, h in ((1, 1), (16, 1), (2, 2))
+             for _ in range(10)]
+    rag = ["x"] * 30
+    kvi = ["x"] * 10 + ["x"] * 7 + ["y"] * 3 + ["y"] * 5 + ["x"] * 5  # -3 at n16/h1, -5 at n2/h2
+    rag[25] = "y"  # one 2-hop question RAG misses and KVI answers (index 25 is an "x" of kvi)
+    out = {(r["method"], r["group"]): r for r in paired_vs(items, {"rag": {"preds": rag}, "kvi": {"preds": kvi}})}
+    assert set(out) == {("kvi", g) for g in ("all", "h1", "h2", "n1/h1", "n16/h1", "n2/h2")}
+    assert abs(out["kvi", "all"]["diff_points"] - 100 * (22 - 29) / 30) < 1e-9
+    assert abs(out["kvi", "all"]["ratio"] - 22 / 29) < 1e-12
+    assert abs(out["kvi", "n16/h1"]["diff_points"] + 30) < 1e-9 and out["kvi", "n1/h1"]["diff_points"] == 0
+    assert abs(out["kvi", "h2"]["diff_points"] - 100 * (5 - 9) / 10) < 1e-9
+    lo, hi = out["kvi", "all"]["diff_ci95"]
+    assert lo <= out["kvi", "all"]["diff_points"] <= hi < 0 and out["kvi", "n1/h1"]["p_permutation"] == 1.0

@@ -20,7 +20,9 @@ knowledge channel only:
 EM and token F1 per (method, N, hops) with 95% percentile-bootstrap intervals; TTFT (median over batches of the
 engine's time to first token per question) beside accuracy. Attribution (KVI stacked): the share of questions whose
 answer puts its largest attention mass (mean over generated tokens, layers and heads; ``kvi serve``'s measure) on a
-relevant capsule. Writes bench/results/fidelity_<model>.{json,csv,png}.
+relevant capsule. Every method is also compared with RAG question by question (``paired`` in the JSON: EM
+difference with a paired bootstrap CI, ratio of correct answers, permutation p-value; pooled, per hop count and
+per cell). Writes bench/results/fidelity_<model>.{json,csv,png}.
 """
 from __future__ import annotations
 
@@ -202,6 +204,42 @@ def score_rows(items, runs) -> list[dict]:
     return rows
 
 
+def paired_vs(items, runs, base: str = "rag") -> list[dict]:
+    """Every method against ``base`` on the same questions: mean per-question EM difference (points) with a 95%
+    bootstrap CI of the paired differences, the ratio of correct answers, and a paired permutation p-value -- over
+    all questions, per hop count, and per (capsules, hops) cell. Per cell, 64 questions resolve only large gaps."""
+    from kvi_engine.eval.metrics import exact_match
+    from kvi_engine.eval.stats import bootstrap_ci, paired_permutation_test
+
+    if base not in runs:
+        return []
+    em = {m: [exact_match(r["preds"][i], [it["answer"]]) for i, it in enumerate(items)] for m, r in runs.items()}
+    groups = [("all", list(range(len(items))))]
+    groups += [(f"h{h}", [i for i, it in enumerate(items) if it["hops"] == h])
+               for h in sorted({it["hops"] for it in items})]
+    conds = dict.fromkeys(it["cond"] for it in items)
+    groups += [(c, [i for i, it in enumerate(items) if it["cond"] == c]) for c in conds]
+    out = []
+    for m in em:
+        if m == base:
+            continue
+        for name, idx in groups:
+            a, b = [em[m][i] for i in idx], [em[base][i] for i in idx]
+            d, lo, hi = bootstrap_ci([x - y for x, y in zip(a, b)])
+            out.append({"method": m, "vs": base, "group": name, "questions": len(idx), "diff_points": 100 * d,
+                        "diff_ci95": [100 * lo, 100 * hi], "ratio": sum(a) / sum(b) if sum(b) else float("nan"),
+                        "p_permutation": paired_permutation_test(a, b)})
+    return out
+
+
+def format_paired(paired: list[dict]) -> str:
+    from kvi_engine.benchmarks.results import format_table
+    show = [{**r, "diff_points": f"{r['diff_points']:+.1f} [{r['diff_ci95'][0]:+.1f}, {r['diff_ci95'][1]:+.1f}]",
+             "ratio": f"{100 * r['ratio']:.1f}%", "p_permutation": f"{r['p_permutation']:.3f}"}
+            for r in paired if r["group"] in ("all", "h1", "h2", "n16/h1")]
+    return format_table(show, ["method", "vs", "group", "questions", "diff_points", "ratio", "p_permutation"])
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     from kvi_engine.utils.plotting import pyplot, save_png
     plt = pyplot(str(path))
@@ -271,11 +309,15 @@ def main(argv=None) -> int:
             runs.update({f"{m}@{q}": r for m, r in run_methods(model, tok, items, kv, max_new_tokens=a.max_new_tokens,
                                                                quant=q, attribution=False).items()})
     rows = score_rows(items, runs)
+    paired = paired_vs(items, runs)
     print(format_rows(rows))
+    if paired:
+        print("paired against rag (EM points, per question; ratio = correct answers over rag's):")
+        print(format_paired(paired))
     name = Path(a.model).name
     stem = Path(a.out) if a.out else bench_results.default_out(f"fidelity_{name}")
     bench_results.write(stem, "fidelity", rows, vars(a), wall_s={m: r["wall_s"] for m, r in runs.items()},
-                        items=items, preds={m: r["preds"] for m, r in runs.items()},
+                        items=items, preds={m: r["preds"] for m, r in runs.items()}, paired=paired,
                         top_capsule={m: r["top_capsule"] for m, r in runs.items() if "top_capsule" in r})
     plot_or_skip(plot, rows, stem.with_suffix(".png"),
                  f"knowledge fidelity on {name}: EM vs capsules ({a.n} held-out questions per point, 95% bootstrap CI)")
