@@ -225,3 +225,19 @@ def test_paired_comparison_against_rag_is_per_question():
     assert abs(out["kvi", "h2"]["diff_points"] - 100 * (5 - 9) / 10) < 1e-9
     lo, hi = out["kvi", "all"]["diff_ci95"]
     assert lo <= out["kvi", "all"]["diff_points"] <= hi < 0 and out["kvi", "n1/h1"]["p_permutation"] == 1.0
+
+
+def test_train_reader_device_fails_fast_without_a_gpu(tmp_path):
+    """``--device cuda`` on a machine without CUDA: a clear error before any work (no tokenizer, no files);
+    ``auto`` picks the GPU only where there is one."""
+    import torch
+
+    from kvi_engine.cli import main as cli
+    from kvi_engine.reader.train import resolve_device
+
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="--device cuda: no CUDA device"):
+        cli.main(["train-reader", "--out", str(tmp_path / "r"), "--device", "cuda"])
+    assert not (tmp_path / "r").exists()

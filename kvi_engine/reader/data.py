@@ -184,7 +184,9 @@ def collate(examples: list[Example], pad_id: int):
 
 def forward_loss(model, batch, *, return_tf=False, answer_loss=False):
     """Weighted CE over labelled positions (lm_head only there). With ``return_tf``: per-branch teacher-forced
-    exact match (every answer token and EOS is the argmax)."""
+    exact match (every answer token and EOS is the argmax). The batch moves to the model's device."""
+    dev = model.lm_head.weight.device
+    batch = {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     out = model.model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
                       attention_mask=batch["mask"], use_cache=False)
     h = out.last_hidden_state
@@ -201,6 +203,7 @@ def forward_loss(model, batch, *, return_tf=False, answer_loss=False):
         return loss, None
     pred = torch.full_like(batch["labels"], -1)
     pred[sel] = logits.argmax(-1)
+    pred, batch["labels"] = pred.cpu(), batch["labels"].cpu()
     tf = []
     for r, spans in enumerate(batch["spans"]):
         for start, n in spans:

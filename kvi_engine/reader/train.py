@@ -127,13 +127,26 @@ def teacher_forced_em(model, pieces, sets, fmts=("rag", "doc", "kvi"), bs_tokens
     return res
 
 
-def autocast_dtype(a):
+def autocast_dtype(a, device: str = "cpu"):
     """The dtype matmuls run in during training (master weights, optimizer state, loss and evaluation stay float32).
-    ``auto``: bfloat16 where oneDNN has native bf16 kernels (AVX512-BF16 / AMX: 1.5x the tokens/s of float32 on this
-    2-core EPYC, measured), else float32 -- emulated bf16 would be slower."""
-    if a.autocast == "bf16" or (a.autocast == "auto" and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+    ``auto``: bfloat16 where the device has native bf16 kernels -- on a CPU, oneDNN's AVX512-BF16 / AMX (1.5x the
+    tokens/s of float32 on this 2-core EPYC, measured); on a GPU, bf16 tensor cores -- else float32 (emulated bf16
+    would be slower)."""
+    if a.autocast == "bf16":
         return torch.bfloat16
+    if a.autocast == "auto":
+        native = torch.cuda.is_bf16_supported() if device.startswith("cuda") else \
+            torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.bfloat16 if native else None
     return None
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name}: no CUDA device is available here (use --device cpu)")
+    return name
 
 
 def plot_losses(log: list[dict], path: Path) -> None:
@@ -166,6 +179,7 @@ def train(a) -> dict:
 
     from kvi_engine.utils.plotting import plot_or_skip
 
+    device = resolve_device(a.device)  # before any work: a missing GPU fails in a second, not after the tokenizer
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     random.seed(a.seed)
@@ -191,6 +205,7 @@ def train(a) -> dict:
             from kvi_engine.reader.plant import plant_previous_token_head
             amp, nf = a.plant.split(",")
             plant_previous_token_head(model, amp=float(amp), n_freq=int(nf))
+    model.to(device)
     pieces = Pieces(tok)
     nparams = sum(p.numel() for p in model.parameters())
     gen = Generator(seed=a.seed + (0 if a.stage == "base" else 555), split="train")
@@ -207,8 +222,8 @@ def train(a) -> dict:
         f = max(0.0, (f - a.warmup / max(1, a.steps)) / max(1e-9, 1 - a.warmup / max(1, a.steps)))
         return a.lr * (a.min_lr_frac + (1 - a.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * min(1.0, f))))
 
-    amp = autocast_dtype(a)
-    cast = lambda: torch.autocast("cpu", dtype=amp, enabled=amp is not None)  # noqa: E731
+    amp = autocast_dtype(a, device)
+    cast = lambda: torch.autocast(device.split(":")[0], dtype=amp, enabled=amp is not None)  # noqa: E731
 
     def progress(s):
         """Share of the schedule done: by steps, or by training time where --max-minutes would cut it short (the
@@ -227,7 +242,7 @@ def train(a) -> dict:
         for s_ in bar:
             for g_ in opt.param_groups:
                 g_["lr"] = a.lr * min(1.0, (s_ + 1) / a.warmup)
-            ids, labels, w = induction_batch(g, len(tok), 3, 16, a.induction_len)
+            ids, labels, w = (t.to(device) for t in induction_batch(g, len(tok), 3, 16, a.induction_len))
             sel = w > 0
             with cast():
                 lg = model.lm_head(model.model(input_ids=ids).last_hidden_state[sel])
@@ -279,6 +294,7 @@ def train(a) -> dict:
     if a.save_dtype == "float16":  # the shipped form: half the bytes; load_reader computes in float32 again
         model.to(torch.float16).save_pretrained(out, safe_serialization=True)
         model.to(torch.float32)
+    model.to("cpu")
     times["total_s"] = time.time() - t0
     args = {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool, type(None)))}
     info = {"stage": a.stage, "args": args, "times": times, "steps": step + 1, "tokens": tok_total,
@@ -327,6 +343,7 @@ def add_arguments(p) -> None:
     p.add_argument("--induction-steps", type=int, default=400, help="induction warm-up steps (base stage)")
     p.add_argument("--induction-len", type=int, default=48)
     p.add_argument("--plant", default="6,8", help="amp,n_freq of the planted previous-token head ('' = none)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (a GPU where there is one)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                    help="matmul dtype in training (auto: bf16 where the CPU has native bf16 kernels)")
     p.add_argument("--save-dtype", choices=("float32", "float16"), default="float16",
