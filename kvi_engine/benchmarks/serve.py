@@ -136,7 +136,7 @@ def run_cell(model, tok, bank, server: str, clients: int, args, seed: int) -> Se
                 "kvi": {"capsule_ids": rng.sample(ids, min(args.capsules, len(ids))), "attribution": False}}
 
     state = make_state(model, tok, bank, max_batch=args.max_batch, max_queue=max(256, 2 * clients),
-                       serial=server == "serial", check=False)
+                       prefill_tokens=args.prefill_tokens, serial=server == "serial", check=False)
     with background(state) as url:
         asyncio.run(_load(url, 1, 2, 60, body))  # warm-up: first-use costs (plans, gathers) outside the cell
         rows0, steps0 = _batch_stats(state)
@@ -206,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bank-capsules", type=int, default=64)
     ap.add_argument("--prompt-words", type=int, default=12)
     ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--prefill-tokens", type=int, default=2048,
+                    help="the batched server's prompt-token budget per prefill (kvi serve --prefill-tokens)")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--screenshot", action="store_true", help="also save the web page (needs Chromium)")
     ap.add_argument("--out", default=str(results.default_out("serve")))
