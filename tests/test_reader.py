@@ -56,8 +56,9 @@ def _names(ctx):
     return out
 
 
+@pytest.mark.parametrize("p_rare", [0.0, 0.5])
 @pytest.mark.parametrize("which", ["package data (sample corpus, KPR set)", "evaluation sets"])
-def test_generated_names_are_disjoint_from_the_corpora(which):
+def test_generated_names_are_disjoint_from_the_corpora(which, p_rare):
     if which.startswith("package"):
         sources = blocklist_sources(include_eval=False)
     else:
@@ -67,7 +68,7 @@ def test_generated_names_are_disjoint_from_the_corpora(which):
     texts = [p.read_text(encoding="utf-8", errors="replace").lower() for p in sources]
     words = {w for t in texts for w in re.findall(r"[^\W\d_]+", t)}
     train, test = set(), set()
-    g_tr, g_te = Generator(seed=0, split="train"), Generator(seed=2024, split="test")
+    g_tr, g_te = Generator(seed=0, split="train", p_rare=p_rare), Generator(seed=2024, split="test")
     for i in range(200):
         train |= _names(g_tr.context(1 + i % 64, 4, hops=(1, 2), p_two_hop=0.3))
         test |= _names(g_te.context(1 + i % 64, 1, hops=(1, 2)))

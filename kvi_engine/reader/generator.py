@@ -60,6 +60,19 @@ def _syllable(rng: random.Random) -> str:
     return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
 
 
+# letters by rough English frequency: rare-piece cores ("kestrel"-like strings the BPE has no merges for)
+LETTERS = "eeeeeaaaaiiiioooonnnnrrrrsssstttlllcccdddmmuuhhgppbbyfwkvzxjq"
+
+
+def _rare_core(rng: random.Random) -> str:
+    """A core of random letters (no syllable grammar): its tokens are the BPE's rare pieces, as real names outside
+    the generator's grammar are -- training on some of them teaches copying whatever the pieces."""
+    while True:
+        w = "".join(rng.choice(LETTERS) for _ in range(rng.randint(4, 9)))
+        if CORE_RE.match(w) and not re.search(r"(.)\1\1", w):
+            return w
+
+
 def _core(rng: random.Random, lo=2, hi=2) -> str:
     while True:
         w = "".join(_syllable(rng) for _ in range(rng.randint(lo, hi)))
@@ -97,9 +110,13 @@ def _cap(s: str) -> str:
 
 
 class Generator:
-    def __init__(self, seed: int = 0, split: str = "train", blocklist: frozenset | None = None):
+    def __init__(self, seed: int = 0, split: str = "train", blocklist: frozenset | None = None,
+                 p_rare: float = 0.0):
+        """``p_rare``: the share of name cores made of random letters instead of syllables (training option; the
+        held-out sets use syllables only, 0)."""
         assert split in ("train", "test")
         self.rng = random.Random(seed)
+        self.p_rare = p_rare
         self.split = split
         self.block = load_blocklist() if blocklist is None else blocklist
         # types usable as subject/object of some relation, with relations where they appear
@@ -122,9 +139,11 @@ class Generator:
         for _ in range(1000):
             if etype == "year":
                 return str(rng.randint(1700, 2030))
-            cores = [_core(rng)]
+            core = (lambda lo=2, hi=2: _rare_core(rng) if self.p_rare and rng.random() < self.p_rare
+                    else _core(rng, lo, hi))
+            cores = [core()]
             if etype == "person":
-                cores.append(_core(rng, 2, 3 if rng.random() < 0.3 else 2))
+                cores.append(core(2, 3 if rng.random() < 0.3 else 2))
                 name = " ".join(c.capitalize() for c in cores)
             elif etype == "vector":
                 if rng.random() < 0.5:
