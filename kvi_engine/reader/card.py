@@ -29,8 +29,8 @@ def write_card(out: str | Path, infos: list[dict], heldout: dict | None = None, 
     stages = "\n".join(
         f"- stage `{i['stage']}`: {i['steps']} QA steps, {i['tokens']:,} tokens, "
         f"{i['times'].get('induction_s', 0) / 60:.1f} min induction warm-up + {i['times']['train_s'] / 60:.1f} min "
-        f"QA training ({i['args'].get('threads', 1)} thread(s){_amp(i)}), mix `{i['args'].get('mix')}`, lr {i['args'].get('lr')}, "
-        f"seed {i['args'].get('seed')}" for i in infos)
+        f"QA training ({i['args'].get('threads', 1)} thread(s){_amp(i)}), mix `{i['args'].get('mix')}`, "
+        f"lr {i['args'].get('lr')}, seed {i['args'].get('seed')}" for i in infos)
     text = f"""# kvi-engine reader
 
 A {cfg['model_type']} causal LM trained from scratch (no pretrained weights) to answer questions from facts it is
