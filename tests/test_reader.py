@@ -242,3 +242,59 @@ def test_train_reader_device_fails_fast_without_a_gpu(tmp_path):
     with pytest.raises(RuntimeError, match="--device cuda: no CUDA device"):
         cli.main(["train-reader", "--out", str(tmp_path / "r"), "--device", "cuda"])
     assert not (tmp_path / "r").exists()
+
+
+def test_question_direction_is_which_side_of_the_fact_is_asked():
+    """``direction``: a forward question names the fact's subject and asks its object, an inverse one names the
+    object and asks the subject -- checked against the question text itself (which entity it mentions), on held-out
+    items; both directions occur at every context size."""
+    from kvi_engine.benchmarks.fidelity import build_items
+
+    items = build_items(24, ns=(1, 16), hops=(1,))
+    seen = set()
+    for it in items:
+        s, _, o = it["triples"][it["support"][0]]
+        asked, given = (s, o) if it["direction"] == "inv" else (o, s)
+        assert it["answer"] == asked and given.lower().removeprefix("the ") in it["question"].lower(), it
+        seen.add((it["n"], it["direction"]))
+    assert seen == {(n, d) for n in (1, 16) for d in ("fwd", "inv")}
+
+
+def test_p_inverse_is_a_training_option_that_leaves_held_out_sets_alone():
+    """``Generator(p_inverse=...)`` shifts the share of inverse questions; unset, the draws are exactly the old
+    even choice (the held-out sets, and every published score, stay the same questions)."""
+    from kvi_engine.benchmarks.fidelity import direction
+    from kvi_engine.reader.generator import Generator
+
+    def share(**kw):
+        g = Generator(seed=5, split="train", **kw)
+        qs = [(c, q) for c in (g.context(8, 4) for _ in range(150)) for q in c.questions if q.hops == 1]
+        inv = sum(direction(c.triples, q.support, q.answer) == "inv" for c, q in qs)
+        return inv / len(qs), [q.question for _, q in qs[:50]]
+
+    even, q_even = share()
+    none, q_none = share(p_inverse=None)
+    hi, _ = share(p_inverse=0.9)
+    lo, _ = share(p_inverse=0.0)
+    assert q_even == q_none and lo == 0.0 and even + 0.2 < hi, (lo, even, hi)
+
+
+def test_by_direction_splits_em_and_rescore_reads_a_stored_run(tmp_path, capsys):
+    """``by_direction`` counts correct answers per (method, cell, direction) -- by brute force on a made-up run; a
+    stored run without directions (older JSON) gets them from its triples; ``--rescore`` prints them, no model."""
+    import json
+
+    from kvi_engine.benchmarks.fidelity import by_direction, main
+
+    fact = [["Ab Co", "founded_by", "Cid Dee"]]
+    items = [{"cond": "n1/h1", "n": 1, "hops": 1, "triples": fact, "support": [0],
+              "answer": "Cid Dee" if k % 3 else "Ab Co"} for k in range(9)]  # 3 inverse, 6 forward
+    preds = [it["answer"] if k < 5 else "nope" for k, it in enumerate(items)]  # right: k=0..4 (2 inv, 3 fwd)
+    out = {(r["method"], r["direction"]): (r["correct"], r["questions"]) for r in by_direction(items, {"kvi": {
+        "preds": preds}})}
+    assert out == {("kvi", "fwd"): (3, 6), ("kvi", "inv"): (2, 3)}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"items": items, "preds": {"rag": [it["answer"] for it in items], "kvi": preds}}))
+    assert main(["--rescore", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "66.7 (2/3)" in text and "50.0 (3/6)" in text and "100.0 (6/6)" in text

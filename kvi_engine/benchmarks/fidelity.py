@@ -22,7 +22,8 @@ engine's time to first token per question) beside accuracy. Attribution (KVI sta
 answer puts its largest attention mass (mean over generated tokens, layers and heads; ``kvi serve``'s measure) on a
 relevant capsule. Every method is also compared with RAG question by question (``paired`` in the JSON: EM
 difference with a paired bootstrap CI, ratio of correct answers, permutation p-value; pooled, per hop count and
-per cell). Writes bench/results/fidelity_<model>.{json,csv,png}.
+per cell), and EM is split by question direction (``by_direction``: forward questions ask a fact's object, inverse
+ones its subject). Writes bench/results/fidelity_<model>.{json,csv,png}.
 """
 from __future__ import annotations
 
@@ -52,8 +53,48 @@ def build_items(n_per: int, ns=(1, 4, 16, 64), hops=(1, 2), seed: int = 2024) ->
                 q = c.questions[0]
                 items.append({"cond": f"n{nn}/h{hop}", "n": nn, "hops": hop, "facts": list(c.facts),
                               "triples": [list(t) for t in c.triples], "question": q.question, "answer": q.answer,
-                              "support": list(q.support)})
+                              "support": list(q.support),
+                              "direction": direction(c.triples, q.support, q.answer)})
     return items
+
+
+def direction(triples, support, answer) -> str:
+    """``fwd`` where the answer is the object of the (last) supporting fact, ``inv`` where it is the subject. The
+    two are different tasks for a causal reader: a forward answer follows its key (subject + relation) in the
+    fact; an inverse answer precedes it, so the fact's later tokens must have carried the subject forward."""
+    s, _, o = triples[support[-1]]
+    return "fwd" if answer == o else "inv"
+
+
+def by_direction(items, runs) -> list[dict]:
+    """EM per method, cell and question direction (items of older runs, stored without one, get it from their
+    triples)."""
+    from kvi_engine.eval.metrics import exact_match
+
+    dirs = [it.get("direction") or direction(it["triples"], it["support"], it["answer"]) for it in items]
+    out = []
+    for m, r in runs.items():
+        for cond in dict.fromkeys(it["cond"] for it in items):
+            for d in ("fwd", "inv"):
+                idx = [i for i, it in enumerate(items) if it["cond"] == cond and dirs[i] == d]
+                if idx:
+                    ok = int(sum(exact_match(r["preds"][i], [items[i]["answer"]]) for i in idx))
+                    out.append({"method": m, "capsules": items[idx[0]]["n"], "hops": items[idx[0]]["hops"],
+                                "direction": d, "questions": len(idx), "correct": ok, "em": ok / len(idx)})
+    return out
+
+
+def format_by_direction(rows: list[dict]) -> str:
+    """One line per (method, hops, direction): EM per capsule count, as correct/questions."""
+    from kvi_engine.benchmarks.results import format_table
+    lines: dict = {}
+    for r in rows:
+        key = (r["method"], r["hops"], r["direction"])
+        lines.setdefault(key, {"method": r["method"], "hops": r["hops"], "direction": r["direction"]})
+        lines[key][f"{r['capsules']} caps"] = f"{100 * r['em']:.1f} ({r['correct']}/{r['questions']})"
+    caps = sorted({r["capsules"] for r in rows})
+    cols = ["method", "hops", "direction"] + [f"{n} caps" for n in caps]
+    return format_table([{c: row.get(c, "") for c in cols} for row in lines.values()], cols)
 
 
 def _batches(costs: list[int], max_tokens: int, max_rows: int = 64):
@@ -276,6 +317,21 @@ def format_rows(rows: list[dict]) -> str:
                                "attribution_top1"])
 
 
+def rescore(path: Path) -> int:
+    """The breakdowns of a stored run (its questions and predictions), without running a model again."""
+    import json
+    d = json.loads(path.read_text())
+    runs = {m: {"preds": p} for m, p in d["preds"].items()}
+    print(f"{path} ({d.get('command', '')}):")
+    print("EM by question direction (fwd: the answer is the fact's object; inv: its subject):")
+    print(format_by_direction(by_direction(d["items"], runs)))
+    paired = paired_vs(d["items"], runs)
+    if paired:
+        print("paired against rag (EM points, per question; ratio = correct answers over rag's):")
+        print(format_paired(paired))
+    return 0
+
+
 def main(argv=None) -> int:
     from kvi_engine.benchmarks import results as bench_results
     from kvi_engine.utils.plotting import plot_or_skip
@@ -294,7 +350,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=16)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="output stem (default bench/results/fidelity_<model>)")
+    ap.add_argument("--rescore", metavar="JSON", default=None,
+                    help="no model run: print the direction and paired tables of a stored run's predictions")
     a = ap.parse_args(argv)
+    if a.rescore:
+        return rescore(Path(a.rescore))
     from kvi_engine.reader import load_reader
     torch.set_num_threads(a.threads)
     model, tok = load_reader(a.model)
@@ -310,7 +370,10 @@ def main(argv=None) -> int:
                                                                quant=q, attribution=False).items()})
     rows = score_rows(items, runs)
     paired = paired_vs(items, runs)
+    directions = by_direction(items, runs)
     print(format_rows(rows))
+    print("EM by question direction (fwd: the answer is the fact's object; inv: its subject):")
+    print(format_by_direction(directions))
     if paired:
         print("paired against rag (EM points, per question; ratio = correct answers over rag's):")
         print(format_paired(paired))
@@ -318,6 +381,7 @@ def main(argv=None) -> int:
     stem = Path(a.out) if a.out else bench_results.default_out(f"fidelity_{name}")
     bench_results.write(stem, "fidelity", rows, vars(a), wall_s={m: r["wall_s"] for m, r in runs.items()},
                         items=items, preds={m: r["preds"] for m, r in runs.items()}, paired=paired,
+                        by_direction=directions,
                         top_capsule={m: r["top_capsule"] for m, r in runs.items() if "top_capsule" in r})
     plot_or_skip(plot, rows, stem.with_suffix(".png"),
                  f"knowledge fidelity on {name}: EM vs capsules ({a.n} held-out questions per point, 95% bootstrap CI)")

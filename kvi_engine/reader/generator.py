@@ -111,12 +111,15 @@ def _cap(s: str) -> str:
 
 class Generator:
     def __init__(self, seed: int = 0, split: str = "train", blocklist: frozenset | None = None,
-                 p_rare: float = 0.0):
+                 p_rare: float = 0.0, p_inverse: float | None = None):
         """``p_rare``: the share of name cores made of random letters instead of syllables (training option; the
-        held-out sets use syllables only, 0)."""
+        held-out sets use syllables only, 0). ``p_inverse``: the chance that a question whose relation can be asked
+        both ways asks for the subject (``None``: an even choice -- the held-out sets; a float draws differently, so
+        it is a training option only)."""
         assert split in ("train", "test")
         self.rng = random.Random(seed)
         self.p_rare = p_rare
+        self.p_inverse = p_inverse
         self.split = split
         self.block = load_blocklist() if blocklist is None else blocklist
         # types usable as subject/object of some relation, with relations where they appear
@@ -264,11 +267,18 @@ class Generator:
         q = tpl.replace("{otype}", TYPE_WORD.get(o_type, "thing")).replace("{stype}", TYPE_WORD.get(s_type, "thing"))
         return _cap(q.replace("{x}", x_text))
 
+    def _direction(self, opts):
+        """Forward (ask the object) or inverse (ask the subject). Inverse lookups are the hard ones for a causal
+        reader: the answer precedes the key in the fact, so the fact's end has to carry its subject forward."""
+        if self.p_inverse is None or len(opts) == 1:
+            return self.rng.choice(opts)
+        return "inv" if self.rng.random() < self.p_inverse else "fwd"
+
     def one_hop(self, triples, ents, fwd, inv, i):
         s, r, o = triples[i]
         rel = RELATIONS[r]
         opts = ["fwd"] + (["inv"] if rel.inv and ents.get(o) not in (None, "year") else [])
-        d = self.rng.choice(opts)
+        d = self._direction(opts)
         x, ans = (s, o) if d == "fwd" else (o, s)
         got = self._lookup(fwd, inv, x, r, d)
         if len({a for a, _ in got}) != 1:
@@ -288,7 +298,7 @@ class Generator:
             dirs.append("inv")
         if not dirs:
             return None
-        d1 = rng.choice(dirs)
+        d1 = self._direction(dirs)
         A, B = (s, o) if d1 == "fwd" else (o, s)
         got = self._lookup(fwd, inv, A, r, d1)
         if len({a for a, _ in got}) != 1:

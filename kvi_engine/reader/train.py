@@ -208,7 +208,8 @@ def train(a) -> dict:
     model.to(device)
     pieces = Pieces(tok)
     nparams = sum(p.numel() for p in model.parameters())
-    gen = Generator(seed=a.seed + (0 if a.stage == "base" else 555), split="train", p_rare=a.p_rare_names)
+    gen = Generator(seed=a.seed + (0 if a.stage == "base" else 555), split="train", p_rare=a.p_rare_names,
+                    p_inverse=a.p_inverse)
     stream = Stream(gen, pieces, a, parse_mix(a.mix))
     sets = heldout_sets(n_per=a.eval_n, ns=tuple(int(x) for x in a.eval_ns.split(",")))
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -328,6 +329,9 @@ def add_arguments(p) -> None:
     p.add_argument("--q-weight", type=float, default=0.3)
     p.add_argument("--p-rare-names", type=float, default=0.0,
                    help="share of training name cores made of random letters (rare BPE pieces) instead of syllables")
+    p.add_argument("--p-inverse", type=float, default=None,
+                   help="chance that a question asks for the subject where both directions are askable (default: "
+                        "an even choice, as in the held-out sets)")
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--intermediate", type=int, default=768)
     p.add_argument("--layers", type=int, default=4)
