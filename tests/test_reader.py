@@ -290,11 +290,53 @@ def test_by_direction_splits_em_and_rescore_reads_a_stored_run(tmp_path, capsys)
     items = [{"cond": "n1/h1", "n": 1, "hops": 1, "triples": fact, "support": [0],
               "answer": "Cid Dee" if k % 3 else "Ab Co"} for k in range(9)]  # 3 inverse, 6 forward
     preds = [it["answer"] if k < 5 else "nope" for k, it in enumerate(items)]  # right: k=0..4 (2 inv, 3 fwd)
+    top = [0 if k % 2 else 1 for k in range(9)]  # the support fact is 0: odd k attend to it (1 inv, 3 fwd)
     out = {(r["method"], r["direction"]): (r["correct"], r["questions"]) for r in by_direction(items, {"kvi": {
-        "preds": preds}})}
-    assert out == {("kvi", "fwd"): (3, 6), ("kvi", "inv"): (2, 3)}
+        "preds": preds, "top_capsule": top}})}
+    assert out == {("kvi", "fwd"): (3, 6), ("kvi", "inv"): (2, 3), ("kvi attribution", "fwd"): (3, 6),
+                   ("kvi attribution", "inv"): (1, 3)}
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"items": items, "preds": {"rag": [it["answer"] for it in items], "kvi": preds}}))
     assert main(["--rescore", str(path)]) == 0
     text = capsys.readouterr().out
     assert "66.7 (2/3)" in text and "50.0 (3/6)" in text and "100.0 (6/6)" in text
+
+
+def test_grown_layers_start_as_the_identity():
+    """``grow_layers``: the inserted layers have zero output maps, so the grown model's logits equal the original's
+    (cached generation included: layer indices are renumbered)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kvi_engine.reader.plant import grow_layers
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(cfg).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    ref, ref_gen = model(ids).logits, model.generate(ids, max_new_tokens=5, do_sample=False)
+    grow_layers(model, after=[0, 2])
+    assert model.config.num_hidden_layers == 5 and [lyr.self_attn.layer_idx for lyr in model.model.layers] == \
+        list(range(5))
+    assert all(lyr.self_attn.config is model.config for lyr in model.model.layers)  # attention mode follows it
+    assert torch.equal(model(ids).logits, ref)
+    assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), ref_gen)
+
+
+def test_planted_fact_start_head_attends_to_the_first_token_of_its_fact(reader):
+    """``plant_fact_start_head`` in a layer grown after the reader's layer 1: its probe separates fact starts from
+    every other token, and a fact's tokens then put most of that head's attention on their own fact's first token
+    in all three context formats (before planting: a few percent) -- measured on held-out contexts."""
+    import copy
+
+    from kvi_engine.reader.plant import fact_start_share, grow_layers, plant_fact_start_head
+    from kvi_engine.reader.tokenizer import Pieces
+
+    model, tok = copy.deepcopy(reader[0]), reader[1]
+    pieces = Pieces(tok)
+    grow_layers(model, after=[1])
+    before = fact_start_share(model, pieces, layer=2, n_contexts=4)
+    probe = plant_fact_start_head(model, pieces, layer=2, n_contexts=24)
+    after = fact_start_share(model, pieces, layer=2, n_contexts=4)
+    assert probe["probe_accuracy"] > 0.99 and probe["start_mean"] - probe["other_mean"] > 0.6, probe
+    assert max(before.values()) < 0.2 and min(after.values()) > 0.8, (before, after)

@@ -77,10 +77,15 @@ def by_direction(items, runs) -> list[dict]:
         for cond in dict.fromkeys(it["cond"] for it in items):
             for d in ("fwd", "inv"):
                 idx = [i for i, it in enumerate(items) if it["cond"] == cond and dirs[i] == d]
-                if idx:
-                    ok = int(sum(exact_match(r["preds"][i], [items[i]["answer"]]) for i in idx))
-                    out.append({"method": m, "capsules": items[idx[0]]["n"], "hops": items[idx[0]]["hops"],
-                                "direction": d, "questions": len(idx), "correct": ok, "em": ok / len(idx)})
+                if not idx:
+                    continue
+                cell = {"capsules": items[idx[0]]["n"], "hops": items[idx[0]]["hops"], "direction": d,
+                        "questions": len(idx)}
+                ok = int(sum(exact_match(r["preds"][i], [items[i]["answer"]]) for i in idx))
+                out.append({"method": m, **cell, "correct": ok, "em": ok / len(idx)})
+                if "top_capsule" in r:  # attribution: the largest mass on a relevant capsule (the "em" field)
+                    hit = sum(r["top_capsule"][i] in items[i]["support"] for i in idx)
+                    out.append({"method": f"{m} attribution", **cell, "correct": hit, "em": hit / len(idx)})
     return out
 
 
@@ -322,8 +327,10 @@ def rescore(path: Path) -> int:
     import json
     d = json.loads(path.read_text())
     runs = {m: {"preds": p} for m, p in d["preds"].items()}
+    for m, tc in d.get("top_capsule", {}).items():
+        runs[m]["top_capsule"] = tc
     print(f"{path} ({d.get('command', '')}):")
-    print("EM by question direction (fwd: the answer is the fact's object; inv: its subject):")
+    print("EM (and attribution) by question direction (fwd: the answer is the fact's object; inv: its subject):")
     print(format_by_direction(by_direction(d["items"], runs)))
     paired = paired_vs(d["items"], runs)
     if paired:
@@ -372,7 +379,7 @@ def main(argv=None) -> int:
     paired = paired_vs(items, runs)
     directions = by_direction(items, runs)
     print(format_rows(rows))
-    print("EM by question direction (fwd: the answer is the fact's object; inv: its subject):")
+    print("EM (and attribution) by question direction (fwd: the answer is the fact's object; inv: its subject):")
     print(format_by_direction(directions))
     if paired:
         print("paired against rag (EM points, per question; ratio = correct answers over rag's):")

@@ -32,6 +32,7 @@ def cmd_train_reader(args) -> int:
         ad = copy.copy(args)
         ad.stage, ad.init, ad.out, ad.steps = "adapt", base.out, f"{args.out}-adapted", args.adapt_steps
         ad.mix, ad.induction_steps, ad.plant = args.adapt_mix, 0, ""
+        ad.grow_after, ad.plant_carrier = "", None  # the base already has them
         ad.lr, ad.nmax_start = args.adapt_lr, args.nmax  # a fine-tune: lower rate, every context size from the start
         info2 = train(ad)
         write_card(ad.out, [info, info2], notes=notes())

@@ -8,6 +8,9 @@ Recipe (base stage), measured in the prototype runs (kvi_engine/reader/README.md
   3. QA training on generated contexts of 1..64 facts (facts as "Context:" lines -- the RAG prompt -- or as running
      text, which is what a stacked KVI capsule sequence looks like), loss on the answer (+ a small weight on the
      question tokens); several questions per context share it through a branch mask (:mod:`.data`).
+Experiments on inverse questions (the shipped reader's misses): ``--p-inverse`` (their share in training),
+``--grow-after`` (identity-initialised extra layers, e.g. on an ``--init`` checkpoint), ``--plant-carrier LAYER`` (a
+planted fact-start head, before the warm-up).
 Adapt stage (``--stage adapt --init DIR``): the same, with the "kvi" format in the mix (block-diagonal attention among
 facts, stacked positions) -- the Block-Attention / TurboRAG recipe.
 """
@@ -205,8 +208,16 @@ def train(a) -> dict:
             from kvi_engine.reader.plant import plant_previous_token_head
             amp, nf = a.plant.split(",")
             plant_previous_token_head(model, amp=float(amp), n_freq=int(nf))
-    model.to(device)
     pieces = Pieces(tok)
+    if a.grow_after:
+        from kvi_engine.reader.plant import grow_layers
+        grow_layers(model, [int(x) for x in a.grow_after.split(",")])
+    plants = {}
+    if a.plant_carrier is not None:  # before the warm-up: at init the start flag is linear in the layer input
+        from kvi_engine.reader.plant import fact_start_share, plant_fact_start_head
+        plants = {"fact_start_probe": plant_fact_start_head(model, pieces, layer=a.plant_carrier, seed=a.seed),
+                  "fact_start_share": fact_start_share(model, pieces, layer=a.plant_carrier)}
+    model.to(device)
     nparams = sum(p.numel() for p in model.parameters())
     gen = Generator(seed=a.seed + (0 if a.stage == "base" else 555), split="train", p_rare=a.p_rare_names,
                     p_inverse=a.p_inverse)
@@ -258,6 +269,12 @@ def train(a) -> dict:
                      "elapsed_s": round(time.time() - t_train, 1)})
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
         times["induction_s"] = time.time() - t_train
+    if a.plant_carrier is not None:  # what the induction warm-up left of it
+        from kvi_engine.reader.plant import fact_start_share
+        model.eval()
+        plants["fact_start_share_after_warmup"] = fact_start_share(model, pieces, layer=a.plant_carrier)
+        model.train()
+        log({"plant": "fact_start", "layer": a.plant_carrier, **plants})
     tok_total, ema, aema = 0, None, None
     bar = tqdm(range(a.steps), desc=f"{a.stage} QA training", unit="step")
     step = -1
@@ -298,7 +315,7 @@ def train(a) -> dict:
     model.to("cpu")
     times["total_s"] = time.time() - t0
     args = {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool, type(None)))}
-    info = {"stage": a.stage, "args": args, "times": times, "steps": step + 1, "tokens": tok_total,
+    info = {"stage": a.stage, "args": args, "times": times, "steps": step + 1, "tokens": tok_total, **plants,
             "autocast_dtype": str(amp).replace("torch.", "") if amp else None,
             "params": nparams, "heldout_teacher_forced_em": next((r["eval"] for r in reversed(records)
                                                                    if "eval" in r), {})}
@@ -349,6 +366,12 @@ def add_arguments(p) -> None:
     p.add_argument("--induction-steps", type=int, default=400, help="induction warm-up steps (base stage)")
     p.add_argument("--induction-len", type=int, default=48)
     p.add_argument("--plant", default="6,8", help="amp,n_freq of the planted previous-token head ('' = none)")
+    p.add_argument("--grow-after", default="",
+                   help="insert identity-initialised layers after these layer indices (LLaMA Pro block expansion; "
+                        "with --init: a deeper model that starts as the old one)")
+    p.add_argument("--plant-carrier", type=int, default=None, metavar="LAYER",
+                   help="plant a fact-start head (each fact token attends to its fact's first token and copies it: "
+                        "what inverse questions need) in head 0 of LAYER; its input must know the previous token")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (a GPU where there is one)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                    help="matmul dtype in training (auto: bf16 where the CPU has native bf16 kernels)")
