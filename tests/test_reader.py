@@ -263,8 +263,7 @@ def test_question_direction_is_which_side_of_the_fact_is_asked():
 def test_p_inverse_is_a_training_option_that_leaves_held_out_sets_alone():
     """``Generator(p_inverse=...)`` shifts the share of inverse questions; unset, the draws are exactly the old
     even choice (the held-out sets, and every published score, stay the same questions)."""
-    from kvi_engine.benchmarks.fidelity import direction
-    from kvi_engine.reader.generator import Generator
+    from kvi_engine.reader.generator import Generator, direction
 
     def share(**kw):
         g = Generator(seed=5, split="train", **kw)
@@ -340,3 +339,101 @@ def test_planted_fact_start_head_attends_to_the_first_token_of_its_fact(reader):
     after = fact_start_share(model, pieces, layer=2, n_contexts=4)
     assert probe["probe_accuracy"] > 0.99 and probe["start_mean"] - probe["other_mean"] > 0.6, probe
     assert max(before.values()) < 0.2 and min(after.values()) > 0.8, (before, after)
+
+
+def _fresh_planted(tok):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kvi_engine.reader.plant import plant_previous_token_head
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg).eval()
+    plant_previous_token_head(model, amp=6, n_freq=8)
+    return model
+
+
+def test_separator_flags_give_an_exact_fact_start_that_a_refit_restores(reader):
+    """From scratch (``--plant-carrier``): with the explicit separator flags the fact-start probe is exact on a fresh
+    model and the head attends to its fact's first token in every format. Embeddings that grow (as training makes
+    them) weaken its scores -- they scale with 1/rms -- and a refit restores them, exactly again."""
+    from kvi_engine.reader.plant import fact_start_share, plant_separator_flags, refit_carrier
+    from kvi_engine.reader.tokenizer import Pieces
+
+    tok = reader[1]
+    pieces = Pieces(tok)
+    model = _fresh_planted(tok)
+    before = fact_start_share(model, pieces, layer=1, n_contexts=4)
+    plant_separator_flags(model, pieces, below=1)
+    probe = refit_carrier(model, pieces, 1, seed=0)
+    planted = fact_start_share(model, pieces, layer=1, n_contexts=4)
+    with torch.no_grad():  # what training does to the embeddings, roughly: they grow (the flag dimensions are held)
+        emb = model.get_input_embeddings().weight
+        emb[:, 4:] *= 2.5
+    grown = fact_start_share(model, pieces, layer=1, n_contexts=4)
+    refit = refit_carrier(model, pieces, 1, seed=5)
+    after = fact_start_share(model, pieces, layer=1, n_contexts=4)
+    assert probe["probe_accuracy"] == 1.0 and refit["probe_accuracy"] == 1.0, (probe, refit)
+    assert max(before.values()) < 0.3 and min(planted.values()) > 0.75 and min(after.values()) > 0.75, \
+        (before, planted, after)
+    assert grown["rag"] < 0.5, grown
+
+
+def test_flag_head_needs_its_own_kv_head(reader):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from kvi_engine.reader.plant import plant_separator_flags
+    from kvi_engine.reader.tokenizer import Pieces
+
+    tok = reader[1]
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(ValueError, match="shares KV head 0"):
+        plant_separator_flags(LlamaForCausalLM(cfg), Pieces(tok))
+
+
+def test_hold_keeps_its_slices_through_adamw_and_a_snapshot_moves_them():
+    """``Hold``: held rows/columns stay exactly as they were through AdamW steps with weight decay (their gradients
+    are zeroed and their values restored); the rest trains; after ``snapshot`` the new values are the held ones."""
+    from kvi_engine.reader.plant import Hold
+
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(4, 5))
+    opt = torch.optim.AdamW([w], lr=0.1, weight_decay=0.1)
+    hold = Hold([(w, slice(0, 1)), (w, (slice(None), 3))])
+    start = w.detach().clone()
+
+    def step():
+        (w * torch.randn(4, 5)).sum().backward()
+        hold.before_step()
+        opt.step()
+        hold.after_step()
+        opt.zero_grad()
+
+    for _ in range(3):
+        step()
+    assert torch.equal(w[0], start[0]) and torch.equal(w[:, 3], start[:, 3])
+    assert (w[1:, [0, 1, 2, 4]] != start[1:, [0, 1, 2, 4]]).all()
+    with torch.no_grad():
+        w[0] = 7.0
+    hold.snapshot()
+    step()
+    assert (w[0] == 7.0).all() and torch.equal(w[1:, 3], start[1:, 3])
+
+
+def test_teacher_forced_em_is_split_by_direction(reader):
+    """The training log's held-out EM per direction: each split is the EM over its own questions (the overall
+    number is their question-weighted mean)."""
+    from kvi_engine.reader.generator import direction
+    from kvi_engine.reader.tokenizer import Pieces
+    from kvi_engine.reader.train import heldout_sets, teacher_forced_em
+
+    model, tok = reader
+    sets = heldout_sets(n_per=12, ns=(4,), hops=(1,))
+    res = teacher_forced_em(model, Pieces(tok), sets, fmts=("rag",))
+    dirs = [direction(c.triples, c.questions[0].support, c.questions[0].answer) for c in sets[(4, 1)]]
+    n = {d: dirs.count(d) for d in ("fwd", "inv")}
+    assert n["fwd"] and n["inv"], n
+    mix = sum(res[f"rag/n4/h1/{d}"] * n[d] for d in n) / len(dirs)
+    assert abs(mix - res["rag/n4/h1"]) < 1e-9, res

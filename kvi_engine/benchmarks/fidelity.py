@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from kvi_engine.reader.generator import direction
+
 METHODS = ("llm", "rag", "kv-prefix", "kvi", "kvi-parallel", "kvi-dual")
 _CTX_RELATION = "__context__"  # the kv-prefix capsule: its "statement" is the whole context text
 
@@ -56,14 +58,6 @@ def build_items(n_per: int, ns=(1, 4, 16, 64), hops=(1, 2), seed: int = 2024) ->
                               "support": list(q.support),
                               "direction": direction(c.triples, q.support, q.answer)})
     return items
-
-
-def direction(triples, support, answer) -> str:
-    """``fwd`` where the answer is the object of the (last) supporting fact, ``inv`` where it is the subject. The
-    two are different tasks for a causal reader: a forward answer follows its key (subject + relation) in the
-    fact; an inverse answer precedes it, so the fact's later tokens must have carried the subject forward."""
-    s, _, o = triples[support[-1]]
-    return "fwd" if answer == o else "inv"
 
 
 def by_direction(items, runs) -> list[dict]:

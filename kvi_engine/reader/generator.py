@@ -109,6 +109,14 @@ def _cap(s: str) -> str:
     return s[:1].upper() + s[1:]
 
 
+def direction(triples, support, answer) -> str:
+    """``fwd`` where the answer is the object of the (last) supporting fact, ``inv`` where it is the subject. The
+    two are different tasks for a causal reader: a forward answer follows its key (subject + relation) in the
+    fact; an inverse answer precedes it, so the fact's later tokens must have carried the subject forward."""
+    s, _, o = triples[support[-1]]
+    return "fwd" if answer == o else "inv"
+
+
 class Generator:
     def __init__(self, seed: int = 0, split: str = "train", blocklist: frozenset | None = None,
                  p_rare: float = 0.0, p_inverse: float | None = None):

@@ -10,7 +10,8 @@ Recipe (base stage), measured in the prototype runs (kvi_engine/reader/README.md
      question tokens); several questions per context share it through a branch mask (:mod:`.data`).
 Experiments on inverse questions (the shipped reader's misses): ``--p-inverse`` (their share in training),
 ``--grow-after`` (identity-initialised extra layers, e.g. on an ``--init`` checkpoint), ``--plant-carrier LAYER`` (a
-planted fact-start head, before the warm-up).
+planted fact-start head; from scratch it reads explicit separator flags planted at init, is planted itself after the
+warm-up, held until ``--carrier-hold`` and re-fit every ``--carrier-refresh`` QA steps).
 Adapt stage (``--stage adapt --init DIR``): the same, with the "kvi" format in the mix (block-diagonal attention among
 facts, stacked positions) -- the Block-Attention / TurboRAG recipe.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from kvi_engine.reader.data import collate, encode, forward_loss
-from kvi_engine.reader.generator import Generator
+from kvi_engine.reader.generator import Generator, direction
 from kvi_engine.reader.tokenizer import Pieces, train_tokenizer
 
 
@@ -126,6 +127,11 @@ def teacher_forced_em(model, pieces, sets, fmts=("rag", "doc", "kvi"), bs_tokens
                 ok += tf
                 i = j
             res[f"{fmt}/n{n}/h{hop}"] = sum(ok) / len(ok)
+            for d in ("fwd", "inv"):  # the shipped reader's misses are inverse: watch them apart
+                sel = [k for k, c in enumerate(ctxs) if direction(c.triples, c.questions[0].support,
+                                                                   c.questions[0].answer) == d]
+                if sel:
+                    res[f"{fmt}/n{n}/h{hop}/{d}"] = sum(ok[k] for k in sel) / len(sel)
     model.train(was)
     return res
 
@@ -182,6 +188,8 @@ def train(a) -> dict:
 
     from kvi_engine.utils.plotting import plot_or_skip
 
+    if a.carrier_refresh and a.plant_carrier is None:
+        raise ValueError("--carrier-refresh needs --plant-carrier LAYER (there is no carrier to re-fit)")
     device = resolve_device(a.device)  # before any work: a missing GPU fails in a second, not after the tokenizer
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -212,12 +220,31 @@ def train(a) -> dict:
     if a.grow_after:
         from kvi_engine.reader.plant import grow_layers
         grow_layers(model, [int(x) for x in a.grow_after.split(",")])
-    plants = {}
-    if a.plant_carrier is not None:  # before the warm-up: at init the start flag is linear in the layer input
-        from kvi_engine.reader.plant import fact_start_share, plant_fact_start_head
-        plants = {"fact_start_probe": plant_fact_start_head(model, pieces, layer=a.plant_carrier, seed=a.seed),
-                  "fact_start_share": fact_start_share(model, pieces, layer=a.plant_carrier)}
+    plants, hold = {}, None
+    # from scratch, the carrier reads explicit separator flags (held through the warm-up and early QA training);
+    # on a trained checkpoint it reads a probe fit on every dimension of the layer input
+    flags = a.plant_carrier is not None and not a.init and bool(a.plant)
+    if a.plant_carrier is not None:
+        from kvi_engine.reader.plant import (
+            Hold,
+            carrier_circuit,
+            carrier_inputs,
+            fact_start_share,
+            plant_fact_start_head,
+            plant_separator_flags,
+            refit_carrier,
+        )
+        if flags:  # the flags now, held through the warm-up; the head after it (planted before, it broke the
+            # warm-up: 1-8% copy accuracy in 4 runs of 4, against 94-97% with the flags alone)
+            plant_separator_flags(model, pieces, below=a.plant_carrier)
+            hold = Hold(carrier_circuit(model, a.plant_carrier, with_head=False))
+        else:  # a probe on every dimension: planted now, with everything it reads held through the warm-up
+            plants = {"fact_start_probe": plant_fact_start_head(model, pieces, layer=a.plant_carrier, seed=a.seed),
+                      "fact_start_share": fact_start_share(model, pieces, layer=a.plant_carrier)}
+            hold = Hold(carrier_inputs(model, a.plant_carrier))
     model.to(device)
+    if hold:  # the values it restores live where the model does
+        hold.snapshot()
     nparams = sum(p.numel() for p in model.parameters())
     gen = Generator(seed=a.seed + (0 if a.stage == "base" else 555), split="train", p_rare=a.p_rare_names,
                     p_inverse=a.p_inverse)
@@ -260,8 +287,12 @@ def train(a) -> dict:
                 lg = model.lm_head(model.model(input_ids=ids).last_hidden_state[sel])
             loss = torch.nn.functional.cross_entropy(lg.float(), labels[sel])
             loss.backward()
+            if hold:
+                hold.before_step()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            if hold:
+                hold.after_step()
             opt.zero_grad(set_to_none=True)
             if s_ % 10 == 0 or s_ == a.induction_steps - 1:
                 acc = (lg.argmax(-1) == labels[sel]).float().mean().item()
@@ -270,11 +301,15 @@ def train(a) -> dict:
                 bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.2f}")
         times["induction_s"] = time.time() - t_train
     if a.plant_carrier is not None:  # what the induction warm-up left of it
-        from kvi_engine.reader.plant import fact_start_share
         model.eval()
-        plants["fact_start_share_after_warmup"] = fact_start_share(model, pieces, layer=a.plant_carrier)
+        if flags:  # plant it on the layer input the warm-up made; then hold the circuit, re-fit every K steps
+            plants["fact_start_probe"] = refit_carrier(model, pieces, a.plant_carrier, seed=a.seed, n_contexts=48)
+            plants["fact_start_share"] = fact_start_share(model, pieces, layer=a.plant_carrier)
+        else:
+            plants["fact_start_share_after_warmup"] = fact_start_share(model, pieces, layer=a.plant_carrier)
         model.train()
         log({"plant": "fact_start", "layer": a.plant_carrier, **plants})
+        hold = Hold(carrier_circuit(model, a.plant_carrier)) if flags and a.carrier_hold > 0 else None
     tok_total, ema, aema = 0, None, None
     bar = tqdm(range(a.steps), desc=f"{a.stage} QA training", unit="step")
     step = -1
@@ -283,12 +318,35 @@ def train(a) -> dict:
         lr = lr_at(step, frac)
         for g_ in opt.param_groups:
             g_["lr"] = lr
+        if hold and frac >= a.carrier_hold:  # released: training decides what it keeps
+            model.eval()
+            plants["fact_start_share_at_release"] = fact_start_share(model, pieces, layer=a.plant_carrier)
+            model.train()
+            log({"step": step, "carrier_released": plants["fact_start_share_at_release"]})
+            hold = None
+        if a.carrier_refresh and step % a.carrier_refresh == 0 and step and frac < a.carrier_until:
+            # re-fit the carrier to the layer input QA training has moved, until the lookup can use it; what it
+            # kept on its own since the last refit says whether training maintains it
+            te = time.time()
+            model.eval()
+            kept = fact_start_share(model, pieces, layer=a.plant_carrier, n_contexts=3)  # cheap: it runs often
+            probe = refit_carrier(model, pieces, a.plant_carrier, seed=a.seed + step) if flags else \
+                plant_fact_start_head(model, pieces, layer=a.plant_carrier, seed=a.seed + step, n_contexts=16)
+            model.train()
+            if hold:
+                hold.snapshot()
+            log({"step": step, "carrier_refit": probe, "fact_start_share_kept": kept})
+            eval_s += time.time() - te
         batch, n, ntok = stream.batch(frac)
         with cast():
             loss, _, aloss = forward_loss(model, batch, answer_loss=True)
         loss.backward()
+        if hold:
+            hold.before_step()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if hold:
+            hold.after_step()
         opt.zero_grad(set_to_none=True)
         tok_total += ntok
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
@@ -309,6 +367,9 @@ def train(a) -> dict:
         if out_of_time:
             break
     times["train_s"] = time.time() - t_train - eval_s
+    if a.plant_carrier is not None:  # what training kept of it
+        model.eval()
+        plants["fact_start_share_end"] = fact_start_share(model, pieces, layer=a.plant_carrier)
     if a.save_dtype == "float16":  # the shipped form: half the bytes; load_reader computes in float32 again
         model.to(torch.float16).save_pretrained(out, safe_serialization=True)
         model.to(torch.float32)
@@ -372,6 +433,13 @@ def add_arguments(p) -> None:
     p.add_argument("--plant-carrier", type=int, default=None, metavar="LAYER",
                    help="plant a fact-start head (each fact token attends to its fact's first token and copies it: "
                         "what inverse questions need) in head 0 of LAYER; its input must know the previous token")
+    p.add_argument("--carrier-hold", type=float, default=0.3,
+                   help="from scratch, --plant-carrier's circuit (separator flags, flag head, fact-start query/key) "
+                        "is held fixed until this share of QA training (then training decides what it keeps)")
+    p.add_argument("--carrier-refresh", type=int, default=0, metavar="K",
+                   help="with --plant-carrier: re-fit the carrier every K QA steps (0: never; embeddings that grow "
+                        "weaken its scores) ...")
+    p.add_argument("--carrier-until", type=float, default=0.3, help="... while training progress is below this")
     p.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto (a GPU where there is one)")
     p.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                    help="matmul dtype in training (auto: bf16 where the CPU has native bf16 kernels)")
