@@ -308,8 +308,8 @@ def plant_separator_flags(model, pieces, below: int = 1, flag: float = 0.1, gain
     0.02-scale embedding by its own size in the first few dozen steps, do not erase it (they erased a probe fit on
     all 256 dimensions within 10 QA steps, and one keyed on the shipped previous-token head's constant, which
     training moves, within 40 -- measured). No layer below ``below`` writes dimensions 1..3 (layer 0 writing the
-    constant made the query's sign vary from token to token: 2% share, measured). Their magnitudes still scale with 1/rms as embeddings grow:
-    :func:`refit_carrier` re-scales them."""
+    constant made the query's sign vary from token to token: 2% share, measured). Their magnitudes still scale
+    with 1/rms as embeddings grow: :func:`refit_carrier` re-scales them."""
     cfg = model.config
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     group = cfg.num_attention_heads // cfg.num_key_value_heads
