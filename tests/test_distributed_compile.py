@@ -44,11 +44,14 @@ def pool(request, ray_cluster):
 
 
 def test_single_process_schedule_is_the_shard_schedule(oracle, tmp_path):
-    """The premise: whole-corpus length sorting would give other float bits; blocks of shard_size give the same."""
+    """Blocks of shard_size give the single-process bank bit for bit. Why the schedule must match: on most CPUs
+    whole-corpus length sorting gives other fp32 bits (other batch shapes, other kernel blockings). Not on all: on
+    an AMX / AVX512-BF16 EPYC the fp32 GEMMs came out shape-invariant here (no differing capsule), so that premise
+    is a property of the host and is not asserted."""
     model, tok = MAKE()
     whole = kvi.compile_bank(model, tok, CAPS, tmp_path / "w", "fp32", progress=False, entities=ENTS, batch_size=8,
                              shard_size=10**6)
-    assert bank_differences(oracle["fp32"], whole), "expected batch composition to change some fp32 bits"
+    assert len(whole.segments) == 1 and whole.header["compile"]["shard_size"] == 10**6
     local = distributed.compile_bank(MAKE, CAPS, tmp_path / "l", "fp32", num_workers=0, progress=False, **KW)
     assert len(local.bank.segments) == 6 and bank_differences(oracle["fp32"], local.bank) == []
     assert oracle["fp32"].header["compile"]["shard_size"] == 16

@@ -235,7 +235,7 @@ def train(a) -> dict:
             refit_carrier,
         )
         if flags:  # the flags now, held through the warm-up; the head after it (planted before, it broke the
-            # warm-up: 1-8% copy accuracy in 4 runs of 4, against 94-97% with the flags alone)
+            # warm-up: 1-9% copy accuracy in 6 runs of 7, against 94-97% with the flags alone)
             plant_separator_flags(model, pieces, below=a.plant_carrier)
             hold = Hold(carrier_circuit(model, a.plant_carrier, with_head=False))
         else:  # a probe on every dimension: planted now, with everything it reads held through the warm-up
