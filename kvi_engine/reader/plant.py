@@ -30,39 +30,27 @@ def plant_previous_token_head(model, amp: float = 3.0, const: float = 0.1, n_fre
     emb = model.get_input_embeddings().weight
     emb[:, 0] = const
     attn = model.model.layers[layer].self_attn
+    inv_freq = model.model.rotary_emb.inv_freq.float()
+    half = D // 2
+    n_freq = n_freq or half
+    # normalised value of dim 0 after RMSNorm (per token it varies a little; use the mean)
+    rms = emb.float().pow(2).mean(1).sqrt()
+    c = float((const / rms).mean())
     qs, ks = slice(head * D, (head + 1) * D), slice(kvh * D, (kvh + 1) * D)
     attn.q_proj.weight[qs, :] *= 0.1
     attn.k_proj.weight[ks, :] *= 0.1
-    _previous_token_qk(model, layer, head, dim=0, amp=amp, n_freq=n_freq)
+    for i in range(n_freq):
+        th = float(inv_freq[i])
+        attn.q_proj.weight[head * D + i, 0] = amp / c
+        attn.q_proj.weight[head * D + i + half, 0] = 0.0
+        attn.k_proj.weight[kvh * D + i, 0] = amp * torch.cos(torch.tensor(th)).item() / c
+        attn.k_proj.weight[kvh * D + i + half, 0] = amp * torch.sin(torch.tensor(th)).item() / c
     attn.v_proj.weight[ks, :] *= ov_scale
     attn.o_proj.weight[:, qs] *= ov_scale
     for b in ("q_proj", "k_proj"):
         if getattr(attn, b).bias is not None:  # Qwen2 has q/k/v biases
             getattr(attn, b).bias[qs if b == "q_proj" else ks] = 0.0
     return model
-
-
-@torch.no_grad()
-def _previous_token_qk(model, layer: int, head: int, dim: int, amp: float, n_freq: int | None) -> None:
-    """Query/key of ``head`` on the constant embedding dimension ``dim``, RoPE-shaped to peak at distance 1; the
-    gains are divided by that dimension's current normalised value, so a re-plant tracks embeddings that grew."""
-    cfg = model.config
-    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    kvh = head // (cfg.num_attention_heads // cfg.num_key_value_heads)
-    emb = model.get_input_embeddings().weight
-    attn = model.model.layers[layer].self_attn
-    inv_freq = model.model.rotary_emb.inv_freq.float()
-    half = D // 2
-    n_freq = n_freq or half
-    # normalised value of dim after RMSNorm (per token it varies a little; use the mean)
-    rms = emb.float().pow(2).mean(1).sqrt()
-    c = float((emb[:, dim].float() / rms).mean())
-    for i in range(n_freq):
-        th = float(inv_freq[i])
-        attn.q_proj.weight[head * D + i, dim] = amp / c
-        attn.q_proj.weight[head * D + i + half, dim] = 0.0
-        attn.k_proj.weight[kvh * D + i, dim] = amp * torch.cos(torch.tensor(th)).item() / c
-        attn.k_proj.weight[kvh * D + i + half, dim] = amp * torch.sin(torch.tensor(th)).item() / c
 
 
 @torch.no_grad()
@@ -170,8 +158,8 @@ def plant_fact_start_head(model, pieces, layer: int, head: int = 0, flag: float 
     for b, sl in (("q_proj", qs), ("k_proj", ks)):
         if getattr(attn, b).bias is not None:
             getattr(attn, b).bias[sl] = 0.0
-    # it writes the fact start's input back at the residual stream's own scale (an unscaled copy of the normalised
-    # input, rms 1, swamped a fresh model's residual, rms ~0.03, and the induction warm-up failed: measured)
+    # with explicit flags (from scratch) it writes the fact start's input back at the residual stream's own scale:
+    # an unscaled copy of the normalised input (rms 1) is ~30x a fresh model's residual (rms ~0.03)
     o = torch.linalg.pinv(attn.v_proj.weight[ks].float().cpu())
     attn.o_proj.weight[:, qs] = (o * (scale if features is not None else 1.0)).to(attn.o_proj.weight)
     return {"probe_accuracy": float(((p > 0.5) == (y > 0.5)).float().mean()), "start_mean": float(p[y > 0].mean()),
